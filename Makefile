@@ -1,0 +1,29 @@
+# make test: create .venv if needed, install xrais with its test extras, run pytest.
+# make demo: same set-up, then run the pipeline as far as it exists, small, on the CPU.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.xrais-installed
+DATA ?= ../shared/data
+
+.PHONY: test demo venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh "$(DATA)"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_conditioning.py --data "$(DATA)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,27 @@
+"""Conditioning: read any detector image and turn it into the 512×512 quadrants models read.
+
+>>> from xrais.conditioning import read_image, pool_sqrt, condition  # doctest: +SKIP
+>>> image = read_image("thau_3_2_0001.cbf")                            # doctest: +SKIP
+>>> condition(image).shape                                              # doctest: +SKIP
+(4, 512, 512)
+"""
+
+from xrais.conditioning.condition import ConditioningConfig, condition, condition_batch
+from xrais.conditioning.image import DiffractionImage, trusted_mask
+from xrais.conditioning.readers.registry import iter_frames, list_readers, open_image, read_image
+from xrais.conditioning.transform import QUADRANT_SIZE, pool_sqrt, reference_condition
+
+__all__ = [
+    "DiffractionImage",
+    "ConditioningConfig",
+    "read_image",
+    "open_image",
+    "iter_frames",
+    "list_readers",
+    "pool_sqrt",
+    "condition",
+    "condition_batch",
+    "reference_condition",
+    "trusted_mask",
+    "QUADRANT_SIZE",
+]

@@ -1,0 +1,209 @@
+"""Condition many image files into HDF5 shards (and optional PNGs), resumably.
+
+Each frame of each file becomes ``quadrants`` rows of ``images`` with its source, geometry
+and conditioning settings as columns (see :mod:`xrais.io`). A bad file is reported and
+skipped; the rest are finished. Shards are written whole, so a killed run keeps every
+completed shard, and running the same command again skips the frames they hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from xrais.conditioning.condition import ConditioningConfig, condition, resolve_block
+from xrais.conditioning.image import DiffractionImage
+from xrais.conditioning.readers.registry import open_image
+from xrais.errors import XraisError
+from xrais.io import ShardWriter, list_shards, read_shard
+
+__all__ = ["FrameResult", "ConditionReport", "condition_files", "write_quadrant_png"]
+
+log = logging.getLogger(__name__)
+
+SHARD_PREFIX = "conditioned"
+
+
+@dataclass
+class FrameResult:
+    """What happened to one frame (or to a file that could not be opened: frame −1)."""
+
+    path: Path
+    frame: int
+    detector: str = ""
+    shape: tuple[int, int] = (0, 0)
+    block: int = 0
+    beam_center_px: tuple[float, float] = (float("nan"), float("nan"))
+    max_value: int = 0
+    nonzero_fraction: float = 0.0
+    seconds: float = 0.0
+    error: str = ""
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclass
+class ConditionReport:
+    """All frame results of a run and the shards it wrote."""
+
+    results: list[FrameResult] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[FrameResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def _done_frames(out_dir: Path) -> set[tuple[str, int]]:
+    done: set[tuple[str, int]] = set()
+    for shard in list_shards(out_dir, SHARD_PREFIX):
+        _, cols, _ = read_shard(shard, images=False)
+        done.update(zip(cols["source/path"], (int(v) for v in cols["source/frame"])))
+    return done
+
+
+def _frames(path: Path) -> Iterator[DiffractionImage | FrameResult]:
+    """Each frame of ``path``, or a FrameResult carrying the error that stopped it."""
+    try:
+        reader = open_image(path)
+        n = reader.n_frames
+    except (XraisError, OSError) as exc:
+        yield FrameResult(path=path, frame=-1, error=str(exc))
+        return
+    with reader:
+        for i in range(n):
+            try:
+                yield reader.read_frame(i)
+            except (XraisError, OSError) as exc:
+                yield FrameResult(path=path, frame=i, error=str(exc))
+
+
+def write_quadrant_png(quadrants: np.ndarray, path: str | Path) -> Path:
+    """Save quadrants side by side as one greyscale PNG for a person to look at.
+
+    Each quadrant is shown as the model sees it (beam centre top left). The display is
+    inverted (spots dark on white) and stretched so that the 99.9th percentile of the
+    non-zero values is black; the stored HDF5 data are not changed.
+    """
+    from PIL import Image
+
+    q = np.asarray(quadrants, dtype=np.float32)
+    nz = q[q > 0]
+    top = max(float(np.percentile(nz, 99.9)) if nz.size else 1.0, 1.0)
+    shown = 255 - np.clip(q * (255.0 / top), 0, 255).astype(np.uint8)
+    gap = 8
+    n, h, w = shown.shape
+    canvas = np.full((h, n * w + (n - 1) * gap), 128, dtype=np.uint8)
+    for i in range(n):
+        canvas[:, i * (w + gap) : i * (w + gap) + w] = shown[i]
+    path = Path(path)
+    Image.fromarray(canvas, mode="L").save(path)
+    return path
+
+
+def condition_files(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    config: ConditioningConfig = ConditioningConfig(),
+    *,
+    png: bool = False,
+    shard_size: int = 64,
+    on_result: Callable[[FrameResult], None] | None = None,
+) -> ConditionReport:
+    """Condition every frame of ``paths`` into shards ``out_dir/conditioned_NNNNN.h5``.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Image files (any format :func:`~xrais.conditioning.read_image` reads).
+    out_dir : path
+        Output folder (created). Frames already in its shards are skipped.
+    config : ConditioningConfig
+        Block (None: each detector's own) and number of quadrants.
+    png : bool
+        Also write ``out_dir/png/<file>_f<frame>.png`` per frame.
+    shard_size : int
+        Frames per shard.
+    on_result : callable, optional
+        Called with each :class:`FrameResult` as it completes (progress display).
+
+    Returns
+    -------
+    ConditionReport
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if png:
+        (out / "png").mkdir(exist_ok=True)
+    done = _done_frames(out)
+    report = ConditionReport()
+    writer = ShardWriter(out, SHARD_PREFIX, shard_size=shard_size * config.quadrants,
+                         attrs={"config": config.model_dump(mode="json")})
+    try:
+        for raw in paths:
+            path = Path(raw)
+            for item in _frames(path):
+                if isinstance(item, FrameResult):
+                    result = item
+                elif (str(path.resolve()), item.frame) in done:
+                    result = FrameResult(path=path, frame=item.frame, detector=item.detector.name,
+                                         shape=item.shape, skipped=True)
+                else:
+                    result = _condition_one(item, path, config, writer, out if png else None)
+                report.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        writer.close()
+        report.shards = writer.written
+    return report
+
+
+def _condition_one(image: DiffractionImage, path: Path, config: ConditioningConfig,
+                   writer: ShardWriter, png_dir: Path | None) -> FrameResult:
+    t0 = time.perf_counter()
+    result = FrameResult(path=path, frame=image.frame, detector=image.detector.name, shape=image.shape,
+                         beam_center_px=image.beam_center_px)
+    try:
+        block = resolve_block(image, config.block)
+        quads = condition(image, block=block, quadrants=config.quadrants)
+    except XraisError as exc:
+        result.error = str(exc)
+        return result
+    result.block = block
+    result.seconds = time.perf_counter() - t0
+    result.max_value = int(quads.max())
+    result.nonzero_fraction = float(np.count_nonzero(quads) / quads.size)
+    q = config.quadrants
+    pixel_mm = float(image.detector.pixel_size_mm[0])
+    writer.add(quads, {
+        "source/path": [str(path.resolve())] * q,
+        "source/frame": [image.frame] * q,
+        "source/quadrant": list(range(q)),
+        "geometry/distance_mm": [float(image.detector.distance_mm)] * q,
+        "geometry/wavelength_A": [image.beam.wavelength_A] * q,
+        "geometry/pixel_mm": [pixel_mm] * q,
+        "geometry/downsample": [block] * q,
+        "geometry/beam_center_fast_px": [image.beam_center_px[0]] * q,
+        "geometry/beam_center_slow_px": [image.beam_center_px[1]] * q,
+    })
+    if png_dir is not None:
+        write_quadrant_png(quads, png_dir / "png" / f"{path.name}_f{image.frame:05d}.png")
+    return result
+
+
+def expand_paths(items: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus the files inside named folders (sorted)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        out.extend(sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])
+    return out

@@ -1,0 +1,74 @@
+"""The ``xrais`` command: global options here, one ``register(app)`` per stage.
+
+Heavy imports (numba, torch, h5py) happen inside command bodies so ``xrais --help`` is fast.
+A command turns its options into the stage's config, calls one library function and reports
+with rich. An :class:`~xrais.errors.XraisError` becomes one line on stderr and exit status 1
+(``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from xrais._version import __version__
+from xrais.errors import XraisError
+
+__all__ = ["app", "main", "console", "err_console", "state"]
+
+app = typer.Typer(
+    name="xrais",
+    help="X-ray AI from simulation: simulate, condition, train and infer on diffraction images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"xrais {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v, -vv)."),
+) -> None:
+    state["debug"] = debug
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_stages() -> None:
+    from xrais.conditioning.cli import register as register_conditioning
+
+    register_conditioning(app)
+
+
+_register_stages()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except XraisError as exc:
+        if state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

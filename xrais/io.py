@@ -1,0 +1,188 @@
+"""The xrais HDF5 shard: conditioned 512×512 images with per-row columns.
+
+Layout of one shard file::
+
+    images                 (N, 512, 512) uint8, chunk = one image, gzip + shuffle
+    <group>/<column>       (N,) one dataset per column, e.g. labels/d_A, geometry/distance_mm,
+                           source/path (UTF-8 strings), source/frame, source/quadrant
+    attrs: xrais_version, format ("xrais-shard-1"), config (JSON), created (ISO 8601 UTC),
+           plus any the writer is given (seed, …)
+
+A shard is written whole to a temporary file in its folder and renamed into place
+(``os.replace``), so a killed run never leaves a truncated shard: every shard on disk is
+complete, and a resumed run skips what they already hold. :class:`ShardWriter` buffers rows
+and writes a shard every ``shard_size`` rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from xrais._version import __version__
+from xrais.errors import DatasetError
+
+__all__ = ["SHARD_FORMAT", "write_shard", "read_shard", "ShardWriter", "list_shards"]
+
+SHARD_FORMAT = "xrais-shard-1"
+_STR = h5py.string_dtype("utf-8")
+
+
+def _column_array(name: str, values: Any, n: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape[:1] != (n,):
+        raise DatasetError(f"column {name!r}: expected {n} values, got shape {arr.shape}")
+    if arr.dtype.kind in "UO":
+        return np.asarray([str(v) for v in arr], dtype=object)
+    return arr
+
+
+def write_shard(
+    path: str | Path,
+    images: np.ndarray,
+    columns: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one complete shard atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.h5`` file; replaced if it exists.
+    images : ndarray, shape (N, 512, 512), uint8
+        Conditioned quadrants.
+    columns : mapping of str to array-like of length N
+        Per-row values; names may contain ``/`` to form groups (``"labels/d_A"``).
+    attrs : mapping, optional
+        File attributes; dicts are stored as JSON strings.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(f"{path.name}: images must be (N, H, W) uint8, got {images.dtype} {images.shape}")
+    n = images.shape[0]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(
+                "images", data=images, chunks=(1, *images.shape[1:]) if n else None,
+                compression="gzip", compression_opts=4, shuffle=True,
+            )
+            for name, values in columns.items():
+                arr = _column_array(name, values, n)
+                f.create_dataset(name, data=arr, dtype=_STR if arr.dtype == object else arr.dtype)
+            f.attrs["format"] = SHARD_FORMAT
+            f.attrs["xrais_version"] = __version__
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_shard(path: str | Path, *, images: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray], dict[str, Any]]:
+    """Read a shard: (images or None, columns by name, attributes).
+
+    Raises
+    ------
+    DatasetError
+        If the file is not an xrais shard or cannot be read.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != SHARD_FORMAT:
+                raise DatasetError(f"{path.name}: not an xrais shard (format attribute {f.attrs.get('format')!r})")
+            columns: dict[str, np.ndarray] = {}
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset) and name != "images":
+                    data = obj[()]
+                    if obj.dtype.kind == "O":
+                        data = np.asarray([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
+                    columns[name] = data
+
+            f.visititems(visit)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            imgs = f["images"][()] if images else None
+    except OSError as exc:
+        raise DatasetError(f"{path.name}: cannot read shard ({exc})") from None
+    return imgs, columns, attrs
+
+
+def list_shards(folder: str | Path, prefix: str) -> list[Path]:
+    """Complete shards ``<prefix>_NNNNN.h5`` in ``folder``, in order."""
+    pattern = re.compile(rf"{re.escape(prefix)}_(\d{{5}})\.h5$")
+    return sorted(p for p in Path(folder).glob(f"{prefix}_*.h5") if pattern.match(p.name))
+
+
+class ShardWriter:
+    """Buffer rows and write numbered shards ``<prefix>_00000.h5``, … of ``shard_size`` rows.
+
+    New shards are numbered after those already in ``folder``, so a resumed run adds to,
+    and never overwrites, the work of a killed one.
+    """
+
+    def __init__(self, folder: str | Path, prefix: str, *, shard_size: int = 256,
+                 attrs: Mapping[str, Any] | None = None) -> None:
+        if shard_size < 1:
+            raise DatasetError(f"shard size: expected ≥ 1, got {shard_size}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.shard_size = shard_size
+        self.attrs = dict(attrs or {})
+        existing = list_shards(self.folder, prefix)
+        self._next = int(existing[-1].stem.rsplit("_", 1)[1]) + 1 if existing else 0
+        self._images: list[np.ndarray] = []
+        self._columns: dict[str, list[Any]] = {}
+        self.written: list[Path] = []
+
+    def add(self, images: np.ndarray, columns: Mapping[str, Iterable[Any]]) -> None:
+        """Add rows (images of shape (k, 512, 512) with k values per column)."""
+        images = np.asarray(images)
+        k = images.shape[0]
+        if self._columns and set(columns) != set(self._columns):
+            raise DatasetError(f"columns {sorted(columns)} differ from earlier rows {sorted(self._columns)}")
+        for name, values in columns.items():
+            vals = list(values)
+            if len(vals) != k:
+                raise DatasetError(f"column {name!r}: expected {k} values, got {len(vals)}")
+            self._columns.setdefault(name, []).extend(vals)
+        self._images.extend(images)
+        while len(self._images) >= self.shard_size:
+            self._write(self.shard_size)
+
+    def _write(self, n: int) -> None:
+        path = self.folder / f"{self.prefix}_{self._next:05d}.h5"
+        write_shard(path, np.stack(self._images[:n]), {k: v[:n] for k, v in self._columns.items()}, self.attrs)
+        self._images = self._images[n:]
+        self._columns = {k: v[n:] for k, v in self._columns.items()}
+        self._next += 1
+        self.written.append(path)
+
+    def close(self) -> None:
+        """Write the remaining rows as a last, smaller shard."""
+        if self._images:
+            self._write(len(self._images))
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
