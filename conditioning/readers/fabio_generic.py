@@ -81,15 +81,17 @@ class FabioReader(ImageReader):
         img = load_fabio(self.path, index)
         pixels = np.asarray(img.data)
         n_slow, n_fast = pixels.shape
-        geo = _marccd_geometry(img.header) if type(img).__name__ == "MarccdImage" else {}
+        geo = _marccd_geometry(_marccd_header(self.path)) if type(img).__name__ == "MarccdImage" else {}
         px = geo.get("pixel_size_mm", 0.1)
         centre = geo.get("beam_center_px", (math.nan, math.nan))
         entry = catalog_entry_for_shape(n_fast, n_slow, px)
-        kw = dict(distance_mm=geo.get("distance_mm", 100.0),
+        top = geo.get("saturated_value", float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind in "ui" else 65535.0)
+        kw = dict(distance_mm=geo.get("distance_mm", 100.0), trusted_range=(0.0, top - 1.0),
                   beam_center_px=centre if all(map(math.isfinite, centre)) else None)
         detector = entry.build(**kw) if entry else Detector.flat(
             image_size=(n_fast, n_slow), pixel_size_mm=px, name=type(img).__name__,
-            distance_mm=kw["distance_mm"], beam_center_px=kw["beam_center_px"] or (n_fast / 2, n_slow / 2))
+            distance_mm=kw["distance_mm"], trusted_range=kw["trusted_range"],
+            beam_center_px=kw["beam_center_px"] or (n_fast / 2, n_slow / 2))
         beam = Beam(wavelength_A=geo.get("wavelength_A", 1.0))
         header = {k: v for k, v in geo.items()}
         header["geometry_from_header"] = bool(geo)
@@ -104,6 +106,16 @@ class FabioReader(ImageReader):
             format=f"{self.name}:{type(img).__name__}",
             header=header,
         )
+
+
+def _marccd_header(path: Path) -> dict[str, Any]:
+    """The 3072-byte MAR header that follows the 1024-byte TIFF header (parsed by fabio)."""
+    from fabio.marccdimage import HEADER_FORMAT, HEADER_NAMES, interpret_header
+
+    head = read_head(path, 4096)
+    if len(head) < 4096:
+        raise CorruptImageError(f"{path.name}: truncated MarCCD header, expected 4096 bytes, got {len(head)}")
+    return interpret_header(head[1024:4096], HEADER_FORMAT, HEADER_NAMES)
 
 
 def _marccd_geometry(header: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +133,8 @@ def _marccd_geometry(header: dict[str, Any]) -> dict[str, Any]:
         out["distance_mm"] = num("xtal_to_detector") / 1000.0
     if num("source_wavelength") > 0:
         out["wavelength_A"] = num("source_wavelength") * 1e-5  # fm → Å
+    if num("saturated_value") > 0:
+        out["saturated_value"] = num("saturated_value")
     if num("beam_x") > 0 and num("beam_y") > 0:
         out["beam_center_px"] = (num("beam_x") / 1000.0, num("beam_y") / 1000.0)
     return out

@@ -1,0 +1,865 @@
+"""EIGER / NXmx HDF5: a master file whose frames live in one or more linked data files.
+
+Layout read (DECTRIS EIGER firmware and other NXmx writers):
+
+* ``/entry/data/data_000001``, ``data_000002`` … are external links to ``/entry/data/data`` in
+  ``<prefix>_data_000001.h5`` …, each of shape (n_frames, n_slow, n_fast). Together they are
+  one stream: frame 0 of the second file follows the last frame of the first. A dataset
+  ``/entry/data/data`` in the file itself (plain or virtual) works too.
+* ``/entry/instrument/detector``: ``beam_center_x``/``beam_center_y`` (pixels, or a length),
+  ``detector_distance`` (or ``distance``, or the translations in ``transformations``),
+  ``x_pixel_size``/``y_pixel_size``, ``sensor_thickness``, ``sensor_material``,
+  ``description``, ``detector_number``, ``count_time``, ``frame_time``, ``bit_depth_image``,
+  ``saturation_value``, ``underload_value``; in ``detectorSpecific`` (or the detector group):
+  ``pixel_mask``, ``countrate_correction_count_cutoff``, ``x_pixels_in_detector``,
+  ``y_pixels_in_detector``, ``data_collection_date``, ``photon_energy``.
+* The wavelength: ``/entry/instrument/beam/incident_wavelength``,
+  ``/entry/sample/beam/incident_wavelength`` (older EIGER firmware),
+  ``/entry/instrument/monochromator/wavelength``, else an energy (``incident_energy``,
+  ``detectorSpecific/photon_energy``; λ = hc/E).
+
+Every ``units`` attribute is honoured (``m``, ``mm``, ``um``, ``nm``, ``angstrom``, ``eV``,
+``keV`` …); without one, lengths are metres and wavelengths Å, as DECTRIS writes them.
+
+Masked pixels: ``pixel_mask`` ≠ 0; the all-ones value of the bit depth (65535 for 16-bit,
+4294967295 for 32-bit unsigned data, −1 for signed); counts ≥
+``countrate_correction_count_cutoff`` (or > ``saturation_value`` when there is no cutoff),
+below ``underload_value``; the module gaps of a catalog detector.
+
+A data file opened alone yields only its own frames; its geometry comes from
+``<prefix>_master.h5`` beside it when that exists, else from whatever the data file holds.
+
+Bitshuffle-compressed chunks (HDF5 filter 32008) are decoded by hdf5plugin's filter, but their
+block framing is checked first (:func:`check_bitshuffle_chunk`): the filter trusts the
+per-block lengths and reads past a truncated or damaged chunk, which would crash the process
+instead of raising. The same helpers decode DECTRIS stream frames
+(:mod:`xrais.conditioning.readers.stream`), whose pixel blobs are such chunks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from xrais.conditioning.image import DiffractionImage, trusted_mask
+from xrais.conditioning.readers.base import ImageReader
+from xrais.errors import CorruptImageError, GeometryError, XraisError
+from xrais.geometry import HC_EV_A, Beam, Detector, catalog_entry_for_shape
+
+__all__ = [
+    "NXmxReader",
+    "HDF5_SIGNATURE",
+    "BITSHUFFLE_FILTER_ID",
+    "check_bitshuffle_chunk",
+    "decode_bitshuffle_chunk",
+    "undefined_pixel_value",
+    "eiger_trusted_range",
+    "eiger_detector",
+    "master_for_data_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: The 8 bytes every HDF5 file without a user block starts with.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: HDF5 filter id of bitshuffle (with optional LZ4 or Zstandard compression).
+BITSHUFFLE_FILTER_ID = 32008
+
+_BSHUF_CNAMES = {2: "lz4", 3: "zstd"}  # bitshuffle cd_values[4] → compressor
+_DATA_LINK = re.compile(r"data_(\d+)")
+_DATA_FILE = re.compile(r"(?P<prefix>.+)_data_\d+(?P<ext>\.[A-Za-z0-9]+)")
+
+_LENGTH_MM = {
+    "m": 1e3, "meter": 1e3, "meters": 1e3, "metre": 1e3, "metres": 1e3,
+    "cm": 10.0, "mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0,
+    "um": 1e-3, "µm": 1e-3, "μm": 1e-3, "micron": 1e-3, "microns": 1e-3,
+    "micrometer": 1e-3, "micrometers": 1e-3, "micrometre": 1e-3, "nm": 1e-6,
+}
+_WAVELENGTH_A = {
+    "angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "å": 1.0, "ang": 1.0,
+    "nm": 10.0, "pm": 0.01, "m": 1e10,
+}
+_ENERGY_EV = {"ev": 1.0, "kev": 1e3}
+_PIXEL_UNITS = {"pixel", "pixels", "px"}
+
+_core_file_ids = itertools.count()
+
+
+# --------------------------------------------------------------------------- bitshuffle chunks
+
+
+def check_bitshuffle_chunk(blob: bytes, nbytes: int, itemsize: int) -> None:
+    """Check the framing of a bitshuffle-compressed chunk without decoding it.
+
+    The layout is that of HDF5 filter 32008 with LZ4 or Zstandard: an 8-byte big-endian
+    uncompressed size in bytes, a 4-byte big-endian block size in bytes, then per block a
+    4-byte big-endian compressed length and that many bytes, and finally the
+    ``n_elements mod 8`` trailing elements stored raw.
+
+    Parameters
+    ----------
+    blob : bytes
+        The compressed chunk.
+    nbytes : int
+        Expected uncompressed size in bytes.
+    itemsize : int
+        Bytes per element (2 for uint16).
+
+    Raises
+    ------
+    ValueError
+        Naming the first inconsistency (short header, wrong size, a block running past the end).
+    """
+    size = len(blob)
+    if size < 12:
+        raise ValueError(f"compressed chunk is {size} bytes, shorter than its 12-byte header")
+    total, block_bytes = struct.unpack_from(">QI", blob, 0)
+    if total != nbytes:
+        raise ValueError(f"chunk header says {total} bytes uncompressed, expected {nbytes}")
+    if block_bytes == 0 or block_bytes % (8 * itemsize):
+        raise ValueError(f"chunk block size {block_bytes} bytes is not a positive multiple of {8 * itemsize}")
+    n_full, rest = divmod(total // itemsize, block_bytes // itemsize)
+    n_blocks = n_full + (1 if rest - rest % 8 else 0)
+    pos = 12
+    for i in range(n_blocks):
+        if pos + 4 > size:
+            raise ValueError(f"chunk cut short: {size} bytes end inside block {i + 1} of {n_blocks}")
+        (length,) = struct.unpack_from(">I", blob, pos)
+        pos += 4 + length
+        if pos > size:
+            raise ValueError(
+                f"chunk cut short: block {i + 1} of {n_blocks} needs {length} bytes, past the end at {size}"
+            )
+    if pos + (rest % 8) * itemsize > size:
+        raise ValueError(f"chunk cut short: {size} bytes, its blocks need {pos + (rest % 8) * itemsize}")
+
+
+def decode_bitshuffle_chunk(
+    blob: bytes, shape: tuple[int, ...], dtype: Any, *, cname: str = "lz4", label: str = "chunk"
+) -> np.ndarray:
+    """Decode one bitshuffle chunk with hdf5plugin's filter, after checking its framing.
+
+    The chunk is written as the single chunk of a dataset in an in-memory HDF5 file and read
+    back, so the maintained codec does the work.
+
+    Parameters
+    ----------
+    blob : bytes
+        The compressed chunk (HDF5 filter 32008 layout).
+    shape : tuple of int
+        Array shape, e.g. (n_slow, n_fast).
+    dtype : numpy dtype-like
+        Element type (``"<u2"`` for ``bs16-lz4<``).
+    cname : {"lz4", "zstd"}
+        The compressor behind the bitshuffle.
+    label : str
+        Names the input in error messages (file, frame).
+
+    Returns
+    -------
+    ndarray, shape ``shape``, dtype ``dtype`` (native byte order)
+
+    Raises
+    ------
+    CorruptImageError
+        If the chunk is cut short, mis-framed or does not decompress.
+    """
+    dtype = np.dtype(dtype)
+    try:
+        check_bitshuffle_chunk(blob, math.prod(shape) * dtype.itemsize, dtype.itemsize)
+    except ValueError as exc:
+        raise CorruptImageError(f"{label}: {exc}") from None
+    name = f"xrais-bitshuffle-{os.getpid()}-{next(_core_file_ids)}.h5"
+    try:
+        with h5py.File(name, "w", driver="core", backing_store=False) as f:
+            ds = f.create_dataset("chunk", shape=shape, dtype=dtype, chunks=tuple(shape),
+                                  **hdf5plugin.Bitshuffle(nelems=0, cname=cname))
+            ds.id.write_direct_chunk((0,) * len(shape), bytes(blob))
+            return ds[()]
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CorruptImageError(f"{label}: bitshuffle/{cname} data do not decode ({_reason(exc)})") from None
+
+
+# --------------------------------------------------------------------------- EIGER conventions
+
+
+def undefined_pixel_value(dtype: Any, bit_depth: int | None = None) -> int | None:
+    """The count an EIGER writes for masked and gap pixels: all ones at the bit depth.
+
+    Parameters
+    ----------
+    dtype : numpy dtype-like
+        Pixel type as stored.
+    bit_depth : int, optional
+        ``bit_depth_image`` from the header, when it is narrower than the stored type.
+
+    Returns
+    -------
+    int or None
+        2**bits − 1 for unsigned data (65535, 4294967295), −1 for signed data of full width,
+        ``None`` for floating-point data.
+
+    Examples
+    --------
+    >>> undefined_pixel_value("uint16"), undefined_pixel_value("uint32"), undefined_pixel_value("int32")
+    (65535, 4294967295, -1)
+    """
+    dt = np.dtype(dtype)
+    bits = dt.itemsize * 8
+    if dt.kind == "u":
+        return 2 ** min(bit_depth or bits, bits) - 1
+    if dt.kind == "i":
+        return 2**bit_depth - 1 if bit_depth and bit_depth < bits else -1
+    return None
+
+
+def eiger_trusted_range(
+    dtype: Any,
+    *,
+    undefined: int | None,
+    count_cutoff: float | None = None,
+    saturation_value: float | None = None,
+    underload_value: float | None = None,
+) -> tuple[float, float]:
+    """Valid counts (inclusive) of an EIGER frame.
+
+    Counts at or above ``count_cutoff`` are invalid; without a cutoff, counts above
+    ``saturation_value`` (NeXus: "data is known to be invalid above this value"); without
+    either, counts below the undefined value. Counts below ``underload_value`` (default 0 for
+    integer data) are invalid.
+
+    Returns
+    -------
+    (float, float)
+        Lowest and highest valid count.
+    """
+    integer = np.dtype(dtype).kind in "iu"
+    lo = float(underload_value) if underload_value is not None else (0.0 if integer else -math.inf)
+    if count_cutoff:
+        hi = float(count_cutoff) - 1.0
+    elif saturation_value:
+        hi = float(saturation_value)
+    elif undefined is not None and undefined > 0:
+        hi = float(undefined) - 1.0
+    elif integer:
+        hi = float(np.iinfo(np.dtype(dtype)).max)
+    else:
+        hi = math.inf
+    return lo, hi
+
+
+def eiger_detector(
+    *,
+    n_fast: int,
+    n_slow: int,
+    pixel_size_mm: tuple[float, float],
+    distance_mm: float,
+    beam_center_px: tuple[float, float],
+    trusted_range: tuple[float, float],
+    thickness_mm: float = 0.0,
+    material: str = "",
+    serial_number: str = "",
+    name: str = "eiger",
+    label: str = "",
+) -> Detector:
+    """The detector of an EIGER header: the catalog model whose array size and pixel pitch
+    match (e.g. 4148×4362 @ 0.075 mm → ``eiger2_16m``), else one flat panel named ``name``.
+
+    Parameters
+    ----------
+    n_fast, n_slow : int
+        Array size in pixels.
+    pixel_size_mm : (float, float)
+        Pixel pitch (fast, slow) in mm.
+    distance_mm : float
+        Sample–detector distance in mm along the beam.
+    beam_center_px : (float, float)
+        (fast, slow) direct-beam position in pixels from the corner of pixel [0, 0].
+    trusted_range : (float, float)
+        Valid counts (inclusive).
+    thickness_mm : float
+        Sensor thickness in mm (0 when unknown).
+    material : str
+        Sensor material.
+    serial_number : str
+        Detector serial number.
+    name : str
+        Name of a flat, non-catalog detector.
+    label : str
+        Names the input in error messages.
+
+    Returns
+    -------
+    Detector
+
+    Raises
+    ------
+    GeometryError
+        If the distance, pixel size or beam centre is not finite and positive.
+    """
+    checks = {"detector distance (mm)": distance_mm, "x pixel size (mm)": pixel_size_mm[0],
+              "y pixel size (mm)": pixel_size_mm[1]}
+    for what, value in checks.items():
+        if not (math.isfinite(value) and value > 0):
+            raise GeometryError(f"{label}: {what} is {value!r}; expected a positive number")
+    if not all(math.isfinite(v) for v in beam_center_px):
+        raise GeometryError(f"{label}: beam centre {beam_center_px!r} px is not finite")
+    extra: dict[str, Any] = {"trusted_range": trusted_range}
+    if thickness_mm:
+        extra.update(thickness_mm=thickness_mm, material=material or "Si")
+    entry = catalog_entry_for_shape(n_fast, n_slow, pixel_size_mm[0])
+    if entry is not None:
+        return entry.build(distance_mm=distance_mm, beam_center_px=beam_center_px,
+                           serial_number=serial_number, pixel_size_mm=pixel_size_mm, **extra)
+    return Detector.flat(image_size=(n_fast, n_slow), pixel_size_mm=pixel_size_mm,
+                         distance_mm=distance_mm, beam_center_px=beam_center_px, name=name,
+                         downsample_block=4 if pixel_size_mm[0] < 0.1 else 2,
+                         serial_number=serial_number, **extra)
+
+
+def master_for_data_file(path: Path) -> Path | None:
+    """``<prefix>_master.h5`` beside ``<prefix>_data_NNNNNN.h5`` if it exists, else ``None``."""
+    m = _DATA_FILE.fullmatch(path.name)
+    if m is None:
+        return None
+    master = path.with_name(f"{m['prefix']}_master{m['ext']}")
+    return master if master.is_file() else None
+
+
+# --------------------------------------------------------------------------- HDF5 helpers
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an h5py/HDF5 message, without the C call-stack prefixes."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace("Unable to synchronously open file ", "").replace("Unable to open file ", "")
+
+
+def _open_h5(path: Path) -> h5py.File:
+    """Open ``path`` read-only without HDF5 file locking (files may sit on read-only mounts)."""
+    return h5py.File(path, "r", locking=False)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else ""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", "replace").strip("\x00").strip()
+    return str(value).strip()
+
+
+def _find_entry(f: h5py.File) -> h5py.Group | None:
+    """``/entry``, else the first top-level group whose ``NX_class`` is ``NXentry``."""
+    entry = f.get("entry")
+    if isinstance(entry, h5py.Group):
+        return entry
+    for name in f:
+        try:
+            obj = f.get(name)
+        except (KeyError, OSError):  # a dangling link at the top level
+            continue
+        if isinstance(obj, h5py.Group) and _text(obj.attrs.get("NX_class", "")) == "NXentry":
+            return obj
+    return None
+
+
+def _data_link_names(entry: h5py.Group) -> list[str]:
+    """Members of ``entry/data`` holding frames: ``data``, else ``data_NNNNNN`` in order.
+
+    Lists link names only, so missing external files are not touched.
+    """
+    group = entry.get("data")
+    if not isinstance(group, h5py.Group):
+        return []
+    names = list(group)
+    if "data" in names:
+        return ["data"]
+    numbered = [n for n in names if _DATA_LINK.fullmatch(n)]
+    return sorted(numbered, key=lambda n: int(_DATA_LINK.fullmatch(n).group(1)))  # type: ignore[union-attr]
+
+
+def _dataset(group: h5py.Group | None, *names: str) -> h5py.Dataset | None:
+    """The first of ``names`` that is a dataset in ``group``."""
+    if group is None:
+        return None
+    for name in names:
+        try:
+            obj = group.get(name)
+        except (KeyError, OSError, ValueError):
+            obj = None
+        if isinstance(obj, h5py.Dataset):
+            return obj
+    return None
+
+
+def _first(*candidates: h5py.Dataset | None) -> h5py.Dataset | None:
+    """The first candidate that is not ``None`` (h5py objects have their own truth value)."""
+    return next((c for c in candidates if c is not None), None)
+
+
+def _scalar(ds: h5py.Dataset) -> Any:
+    value = ds[()]
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            return value
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bytes, np.bytes_)):
+        return _text(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _units(ds: h5py.Dataset) -> str | None:
+    unit = _text(ds.attrs.get("units", "")) if "units" in ds.attrs else ""
+    return unit or None
+
+
+def _converted(ds: h5py.Dataset, table: dict[str, float], default: str, label: str) -> float:
+    """The scalar in ``ds`` times the factor of its ``units`` attribute in ``table``."""
+    unit = _units(ds) or default
+    factor = table.get(unit.lower())
+    if factor is None:
+        raise GeometryError(
+            f"{label}: {ds.name} has units {unit!r}; expected one of {', '.join(sorted(table))}"
+        )
+    try:
+        return float(_scalar(ds)) * factor
+    except (TypeError, ValueError):
+        raise GeometryError(f"{label}: {ds.name} is not a number") from None
+
+
+def _number(ds: h5py.Dataset | None) -> float | None:
+    if ds is None:
+        return None
+    try:
+        value = float(_scalar(ds))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """What an NXmx header says about one series (lengths in mm, wavelength in Å)."""
+
+    pixel_size_mm: tuple[float, float]
+    distance_mm: float
+    beam_center_px: tuple[float, float]
+    wavelength_A: float
+    thickness_mm: float = 0.0
+    material: str = ""
+    n_pixels: tuple[int, int] | None = None
+    bit_depth: int | None = None
+    count_cutoff: float | None = None
+    saturation_value: float | None = None
+    underload_value: float | None = None
+    pixel_mask: np.ndarray | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+def _detector_distance_mm(det: h5py.Group, label: str) -> float | None:
+    ds = _dataset(det, "detector_distance", "distance")
+    if ds is not None:
+        return _converted(ds, _LENGTH_MM, "m", label)
+    transformations = det.get("transformations")
+    if not isinstance(transformations, h5py.Group):
+        return None
+    z_mm, found = 0.0, False
+    for name in transformations:
+        ds = _dataset(transformations, name)
+        if ds is None or _text(ds.attrs.get("transformation_type", "")) != "translation":
+            continue
+        vector = np.asarray(ds.attrs.get("vector", (0.0, 0.0, 1.0)), dtype=float).reshape(-1)
+        if vector.shape != (3,) or not np.linalg.norm(vector):
+            continue
+        z_mm += _converted(ds, _LENGTH_MM, "m", label) * vector[2] / np.linalg.norm(vector)
+        found = True
+    return abs(z_mm) if found else None
+
+
+def _wavelength_A(entry: h5py.Group, specific: h5py.Group | None, label: str) -> float | None:
+    candidates = [("instrument/beam", "incident_wavelength"), ("sample/beam", "incident_wavelength"),
+                  ("instrument/monochromator", "wavelength")]
+    for group, name in candidates:
+        ds = _dataset(entry.get(group), name)
+        if ds is not None:
+            return _converted(ds, _WAVELENGTH_A, "angstrom", label)
+    for group, name in [("instrument/beam", "incident_energy"), ("sample/beam", "incident_energy"),
+                        ("instrument/monochromator", "energy")]:
+        ds = _dataset(entry.get(group), name)
+        if ds is not None:
+            return HC_EV_A / _converted(ds, _ENERGY_EV, "eV", label)
+    ds = _dataset(specific, "photon_energy")
+    if ds is not None:
+        return HC_EV_A / _converted(ds, _ENERGY_EV, "eV", label)
+    return None
+
+
+def _beam_center_px(det: h5py.Group, name: str, pixel_mm: float | None, label: str) -> float | None:
+    ds = _dataset(det, name)
+    if ds is None:
+        return None
+    unit = _units(ds)
+    if unit is None or unit.lower() in _PIXEL_UNITS:
+        return _converted(ds, {unit.lower() if unit else "pixel": 1.0}, "pixel", label)
+    if pixel_mm is None:
+        return None
+    return _converted(ds, _LENGTH_MM, "m", label) / pixel_mm
+
+
+def _pixel_mask(det: h5py.Group, specific: h5py.Group | None) -> np.ndarray | None:
+    ds = _first(_dataset(specific, "pixel_mask"), _dataset(det, "pixel_mask"))
+    if ds is None:
+        return None
+    mask = np.asarray(ds[()])
+    return mask[0] if mask.ndim == 3 else mask
+
+
+def _nxmx_geometry(entry: h5py.Group, label: str, where: str) -> _Geometry:
+    """The beam, detector and mask facts of an NXmx entry.
+
+    Parameters
+    ----------
+    entry : h5py.Group
+        The NXentry.
+    label : str
+        Names the image in error messages.
+    where : str
+        Names the file the geometry was looked for in (for the "missing" message).
+
+    Raises
+    ------
+    GeometryError
+        Naming every required quantity that is missing, or a unit that is not understood.
+    """
+    det = entry.get("instrument/detector")
+    det = det if isinstance(det, h5py.Group) else None
+    if det is None:
+        raise GeometryError(f"{label}: no /entry/instrument/detector group in {where}, so no geometry")
+    specific = det.get("detectorSpecific")
+    specific = specific if isinstance(specific, h5py.Group) else None
+    px = {a: _dataset(det, f"{a}_pixel_size") for a in "xy"}
+    pixel = {a: _converted(ds, _LENGTH_MM, "m", label) if ds is not None else None for a, ds in px.items()}
+    values = {
+        "x_pixel_size": pixel["x"],
+        "y_pixel_size": pixel["y"],
+        "detector_distance": _detector_distance_mm(det, label),
+        "beam_center_x": _beam_center_px(det, "beam_center_x", pixel["x"], label),
+        "beam_center_y": _beam_center_px(det, "beam_center_y", pixel["y"], label),
+        "incident_wavelength": _wavelength_A(entry, specific, label),
+    }
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise GeometryError(f"{label}: NXmx geometry incomplete, no {', '.join(missing)} in {where}")
+    n_fast, n_slow = (_number(_first(_dataset(specific, f"{a}_pixels_in_detector"),
+                                     _dataset(det, f"{a}_pixels_in_detector"))) for a in "xy")
+    thickness = _dataset(det, "sensor_thickness")
+    cutoff_ds = _first(_dataset(specific, "countrate_correction_count_cutoff"),
+                       _dataset(det, "countrate_correction_count_cutoff"))
+    bit_depth = _number(_dataset(det, "bit_depth_image", "bit_depth_readout"))
+    return _Geometry(
+        pixel_size_mm=(values["x_pixel_size"], values["y_pixel_size"]),  # type: ignore[arg-type]
+        distance_mm=values["detector_distance"],  # type: ignore[arg-type]
+        beam_center_px=(values["beam_center_x"], values["beam_center_y"]),  # type: ignore[arg-type]
+        wavelength_A=values["incident_wavelength"],  # type: ignore[arg-type]
+        thickness_mm=_converted(thickness, _LENGTH_MM, "m", label) if thickness is not None else 0.0,
+        material=_text(_scalar(m)) if (m := _dataset(det, "sensor_material")) is not None else "",
+        n_pixels=(int(n_fast), int(n_slow)) if n_fast and n_slow else None,
+        bit_depth=int(bit_depth) if bit_depth else None,
+        count_cutoff=_number(cutoff_ds),
+        saturation_value=_number(_dataset(det, "saturation_value")),
+        underload_value=_number(_dataset(det, "underload_value")),
+        pixel_mask=_pixel_mask(det, specific),
+        header=_header_facts(det, specific),
+    )
+
+
+def _header_facts(det: h5py.Group, specific: h5py.Group | None) -> dict[str, Any]:
+    """Descriptive header entries (names shared with the other readers)."""
+    facts: dict[str, Any] = {}
+    for key, group, name in [
+        ("detector_model", det, "description"),
+        ("serial_number", det, "detector_number"),
+        ("date", specific, "data_collection_date"),
+        ("roi_mode", specific, "roi_mode"),
+    ]:
+        ds = _dataset(group, name)
+        if ds is not None:
+            facts[key] = _text(_scalar(ds))
+    for key, group, name in [
+        ("exposure_s", det, "count_time"),
+        ("frame_time_s", det, "frame_time"),
+        ("count_cutoff", specific, "countrate_correction_count_cutoff"),
+        ("saturation_value", det, "saturation_value"),
+        ("threshold_eV", det, "threshold_energy"),
+        ("photon_energy_eV", specific, "photon_energy"),
+    ]:
+        value = _number(_dataset(group, name))
+        if value is not None:
+            facts[key] = value
+    return facts
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@dataclass
+class _Block:
+    """One dataset of frames: where it lives, how many frames, how its chunks are packed."""
+
+    file: Path
+    dataset: h5py.Dataset
+    n_frames: int
+    frame_shape: tuple[int, int]
+    bitshuffle_cname: str | None
+    first_image_number: int | None
+
+
+def _bitshuffle_frame_chunks(ds: h5py.Dataset, frame_shape: tuple[int, int]) -> str | None:
+    """The compressor if every chunk of ``ds`` is one whole frame under bitshuffle alone."""
+    if ds.chunks is None or tuple(ds.chunks[-2:]) != frame_shape or math.prod(ds.chunks[:-2]) != 1:
+        return None
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_nfilters() != 1:
+        return None
+    code, _flags, cd_values, _name = dcpl.get_filter(0)
+    if code != BITSHUFFLE_FILTER_ID or len(cd_values) < 5:
+        return None
+    return _BSHUF_CNAMES.get(cd_values[4])
+
+
+class NXmxReader(ImageReader):
+    """EIGER / NXmx HDF5 master files (frames in linked data files) or single data files.
+
+    Parameters
+    ----------
+    path : str or Path
+        A master file (``…_master.h5``), an NXmx file with ``/entry/data/data``, or one data
+        file (``…_data_000001.h5``).
+
+    Raises
+    ------
+    CorruptImageError
+        If the file or a linked data file is missing, truncated or not HDF5.
+    GeometryError
+        If the beam or detector geometry is missing or inconsistent with the data.
+    """
+
+    name = "nxmx"
+    priority = 10
+
+    @classmethod
+    def understand(cls, path: Path) -> bool:
+        """HDF5 with an NXentry holding ``data/data`` or ``data/data_NNNNNN``.
+
+        A file that starts with the HDF5 signature but that HDF5 cannot open (truncated,
+        damaged) is also claimed, so that reading it reports the corruption.
+        """
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(8) != HDF5_SIGNATURE:
+                    return False
+        except (OSError, ValueError, TypeError):
+            return False
+        try:
+            f = _open_h5(Path(path))
+        except Exception:
+            return True
+        try:
+            entry = _find_entry(f)
+            return entry is not None and bool(_data_link_names(entry))
+        except Exception:
+            return False
+        finally:
+            f.close()
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._files: dict[Path, h5py.File] = {}
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up
+
+    def _setup(self) -> None:
+        f = self._open(self.path)
+        entry = _find_entry(f)
+        names = _data_link_names(entry) if entry is not None else []
+        if entry is None or not names:
+            raise CorruptImageError(
+                f"{self.path.name}: not an NXmx file; expected /entry/data/data or /entry/data/data_000001"
+            )
+        self._blocks = [self._block(entry, name) for name in names]
+        self._starts = list(itertools.accumulate([0] + [b.n_frames for b in self._blocks]))
+        shapes = {b.frame_shape for b in self._blocks}
+        if len(shapes) != 1:
+            raise CorruptImageError(f"{self.path.name}: data files disagree on the frame shape: {sorted(shapes)}")
+        (self._frame_shape,) = shapes
+        self._geometry = self._read_geometry(entry, is_data_file=names == ["data"])
+        try:
+            self._beam = Beam(wavelength_A=self._geometry.wavelength_A)
+        except GeometryError as exc:
+            raise GeometryError(f"{self.path.name}: {exc}") from None
+        self._build_detector()
+
+    def _open(self, path: Path) -> h5py.File:
+        key = path.resolve()
+        if key not in self._files:
+            try:
+                self._files[key] = _open_h5(path)
+            except (OSError, ValueError) as exc:
+                raise CorruptImageError(f"{path.name}: cannot open as HDF5 ({_reason(exc)})") from None
+        return self._files[key]
+
+    def _block(self, entry: h5py.Group, name: str) -> _Block:
+        group = entry["data"]
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = Path(link.filename)
+            if not target.is_absolute():
+                target = self.path.parent / target
+            if not target.is_file() and (self.path.parent / target.name).is_file():
+                target = self.path.parent / target.name  # an absolute link into a moved folder
+            if not target.is_file():
+                raise CorruptImageError(
+                    f"{self.path.name}: {group.name}/{name} links to {link.filename}, which does not exist"
+                )
+            obj = self._open(target).get(link.path)
+            where = f"{target.name}:{link.path}"
+        else:
+            target, where = self.path, f"{self.path.name}:{group.name}/{name}"
+            try:
+                obj = group.get(name)
+            except (KeyError, OSError) as exc:
+                raise CorruptImageError(f"{where}: cannot be read ({_reason(exc)})") from None
+        if not isinstance(obj, h5py.Dataset) or obj.ndim not in (2, 3):
+            found = (f"shape {obj.shape}" if isinstance(obj, h5py.Dataset)
+                     else "nothing" if obj is None else type(obj).__name__)
+            raise CorruptImageError(f"{where}: expected a dataset of frames (n, slow, fast), found {found}")
+        frame_shape = tuple(int(v) for v in obj.shape[-2:])
+        first = obj.attrs.get("image_nr_low")
+        return _Block(
+            file=target,
+            dataset=obj,
+            n_frames=int(obj.shape[0]) if obj.ndim == 3 else 1,
+            frame_shape=frame_shape,  # type: ignore[arg-type]
+            bitshuffle_cname=_bitshuffle_frame_chunks(obj, frame_shape),  # type: ignore[arg-type]
+            first_image_number=int(np.asarray(first).reshape(-1)[0]) if first is not None else None,
+        )
+
+    def _read_geometry(self, entry: h5py.Group, *, is_data_file: bool) -> _Geometry:
+        master = master_for_data_file(self.path) if is_data_file else None
+        if master is not None and master.resolve() != self.path.resolve():
+            master_entry = _find_entry(self._open(master))
+            if master_entry is None:
+                raise CorruptImageError(f"{master.name}: no NXentry group, expected an EIGER master file")
+            geometry = _nxmx_geometry(master_entry, self.path.name, master.name)
+            geometry.header["master_file"] = master.name
+            return geometry
+        where = self.path.name
+        m = _DATA_FILE.fullmatch(self.path.name)
+        if is_data_file and m is not None:
+            where += f" (and no master file {m['prefix']}_master{m['ext']} beside it)"
+        return _nxmx_geometry(entry, self.path.name, where)
+
+    def _build_detector(self) -> None:
+        g = self._geometry
+        n_slow, n_fast = self._frame_shape
+        if g.n_pixels is not None and g.n_pixels != (n_fast, n_slow):
+            raise GeometryError(
+                f"{self.path.name}: header says {g.n_pixels[0]}×{g.n_pixels[1]} pixels (fast×slow), "
+                f"the data hold {n_fast}×{n_slow}"
+            )
+        dtype = self._blocks[0].dataset.dtype
+        self._undefined = undefined_pixel_value(dtype, g.bit_depth)
+        trusted = eiger_trusted_range(dtype, undefined=self._undefined, count_cutoff=g.count_cutoff,
+                                      saturation_value=g.saturation_value, underload_value=g.underload_value)
+        self._detector = eiger_detector(
+            n_fast=n_fast, n_slow=n_slow, pixel_size_mm=g.pixel_size_mm, distance_mm=g.distance_mm,
+            beam_center_px=g.beam_center_px, trusted_range=trusted, thickness_mm=g.thickness_mm,
+            material=g.material, serial_number=str(g.header.get("serial_number", "")),
+            name=str(g.header.get("detector_model") or "nxmx"), label=self.path.name,
+        )
+        static = self._detector.gap_mask()
+        if g.pixel_mask is not None:
+            if g.pixel_mask.shape != self._frame_shape:
+                raise GeometryError(
+                    f"{self.path.name}: pixel_mask has shape {g.pixel_mask.shape}, the frames {self._frame_shape}"
+                )
+            static = static | (g.pixel_mask != 0)
+        self._static_mask = static
+
+    # -- reading
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in all data files together."""
+        return self._starts[-1]
+
+    @property
+    def detector(self) -> Detector:
+        """The detector model from the header."""
+        return self._detector
+
+    @property
+    def beam(self) -> Beam:
+        """The incident beam from the header."""
+        return self._beam
+
+    def _read_frame(self, index: int) -> DiffractionImage:
+        k = bisect.bisect_right(self._starts, index) - 1
+        block, local = self._blocks[k], index - self._starts[k]
+        pixels = self._read_pixels(block, local)
+        mask = trusted_mask(pixels, self._detector.trusted_range,
+                            undefined_values=() if self._undefined is None else (self._undefined,),
+                            gap_mask=self._static_mask)
+        header = dict(self._geometry.header, data_file=block.file.name, frame_in_file=local)
+        if block.first_image_number is not None:
+            header["image_number"] = block.first_image_number + local
+        return DiffractionImage(
+            pixels=pixels, mask=mask, detector=self._detector, beam=self._beam,
+            beam_center_px=self._detector.beam_center_px(self._beam), path=self.path, frame=index,
+            format=self.name, header=header,
+        )
+
+    def _read_pixels(self, block: _Block, local: int) -> np.ndarray:
+        label = f"{block.file.name}: frame {local} of {block.dataset.name}"
+        ds = block.dataset
+        try:
+            if block.bitshuffle_cname is not None:
+                offset = (local, 0, 0) if ds.ndim == 3 else (0, 0)
+                filter_mask, blob = ds.id.read_direct_chunk(offset)
+                if filter_mask == 0:
+                    return decode_bitshuffle_chunk(blob, block.frame_shape, ds.dtype,
+                                                   cname=block.bitshuffle_cname, label=label)
+            return np.asarray(ds[local] if ds.ndim == 3 else ds[()])
+        except XraisError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CorruptImageError(f"{label} cannot be read ({_reason(exc)})") from None
+
+    def close(self) -> None:
+        """Close every HDF5 file this reader opened."""
+        for f in self._files.values():
+            try:
+                f.close()
+            except Exception:  # closing an already-broken file must not mask the real error
+                log.debug("closing %s failed", f)
+        self._files.clear()
