@@ -1,9 +1,10 @@
 """Conditioning: read any detector image and turn it into the 512×512 quadrants models read.
 
->>> from xrais.conditioning import read_image, pool_sqrt, condition  # doctest: +SKIP
->>> image = read_image("thau_3_2_0001.cbf")                            # doctest: +SKIP
->>> condition(image).shape                                              # doctest: +SKIP
-(4, 512, 512)
+Typical use::
+
+    from xrais.conditioning import read_image, condition
+    image = read_image("thau_3_2_0001.cbf")   # DiffractionImage with pixels, mask and geometry
+    quadrants = condition(image)               # (4, 512, 512) uint8, beam centre at [0, 0]
 """
 
 from xrais.conditioning.condition import ConditioningConfig, condition, condition_batch

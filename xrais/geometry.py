@@ -30,8 +30,8 @@ Examples
 >>> beam = Beam(wavelength_A=1.0)
 >>> [round(v, 3) for v in det.beam_center_px(beam)]
 [1231.5, 1263.5]
->>> round(float(det.resolution_at_pixel_A(beam, 1231.5, 1263.5 + 200.0 / 0.172)), 4)  # 2θ = 45°
-2.6131
+>>> round(float(det.resolution_at_pixel_A(beam, 1231.5, 1263.5 + 200.0 / 0.172)), 4)  # 2θ = 45°: λ / (2 sin 22.5°)
+1.3066
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ __all__ = [
     "CatalogEntry",
     "list_detectors",
     "catalog_entry_for_shape",
+    "rotation_matrix",
 ]
 
 #: h·c in eV·Å: E[eV] = HC_EV_A / λ[Å] (CODATA 2018).
@@ -68,6 +69,20 @@ def _unit(v: Sequence[float], what: str) -> Vec3:
     if a.shape != (3,) or not np.all(np.isfinite(a)) or n == 0.0:
         raise GeometryError(f"{what}: expected a finite, non-zero 3-vector, got {tuple(v)!r}")
     return tuple(float(x) for x in a / n)  # type: ignore[return-value]
+
+
+def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
+    """Right-handed rotation by ``angle_deg`` about ``axis`` (Rodrigues' formula), shape (3, 3).
+
+    Examples
+    --------
+    >>> np.round(rotation_matrix((0, 0, 1), 90.0) @ (1.0, 0.0, 0.0), 12).tolist()
+    [0.0, 1.0, 0.0]
+    """
+    u = np.asarray(_unit(axis, "rotation axis"))
+    a = math.radians(angle_deg)
+    k = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    return np.eye(3) + math.sin(a) * k + (1.0 - math.cos(a)) * (k @ k)
 
 
 def _close(a: Any, b: Any, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
@@ -452,10 +467,7 @@ class Detector:
 
         A PILATUS ``Detector_2theta`` swing is ``rotated((1, 0, 0), two_theta_deg)`` (dxtbx).
         """
-        u = np.asarray(_unit(axis, "rotation axis"))
-        a = math.radians(angle_deg)
-        k = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
-        r = np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+        r = rotation_matrix(axis, angle_deg)
         panels = tuple(
             replace(p, fast_axis=tuple(r @ p.fast_axis), slow_axis=tuple(r @ p.slow_axis),
                     origin_mm=tuple(r @ p.origin_mm))

@@ -44,7 +44,7 @@ def parse_minicbf_header(text: str) -> dict[str, Any]:
         line = raw.strip().lstrip("#").strip()
         if not line:
             continue
-        if m := re.match(rf"Detector:\s*(.*?)(?:,\s*S/N\s*(.*))?$", line):
+        if m := re.match(r"Detector:\s*(.*?)(?:,\s*S/N\s*(.*))?$", line):
             out["detector_model"] = m.group(1).strip()
             if m.group(2):
                 out["serial_number"] = m.group(2).strip()

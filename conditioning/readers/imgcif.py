@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -51,7 +50,7 @@ with warnings.catch_warnings():
 from xrais.conditioning.image import DiffractionImage, trusted_mask
 from xrais.conditioning.readers.base import ImageReader, open_maybe_compressed, read_head
 from xrais.errors import CorruptImageError, XraisError
-from xrais.geometry import Beam, Detector, Panel, catalog_entry_for_shape
+from xrais.geometry import Beam, Detector, Panel, catalog_entry_for_shape, rotation_matrix
 
 __all__ = ["ImgCIFReader"]
 
@@ -234,14 +233,6 @@ def _region(array_id: str, section_id: str, ranges: list[tuple[int, int]], sets:
 
 
 # --- geometry from the axis chain --------------------------------------------------------------
-def _rotation_matrix(axis: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Right-handed rotation by ``angle_deg`` about ``axis`` (Rodrigues' formula), shape (3, 3)."""
-    u = axis / np.linalg.norm(axis)
-    a = math.radians(angle_deg)
-    k = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
-    return np.eye(3) + math.sin(a) * k + (1.0 - math.cos(a)) * (k @ k)
-
-
 class _AxisChain:
     """The imgCIF axes of one file (each read once) and positions along their dependency chains."""
 
@@ -280,7 +271,7 @@ class _AxisChain:
             kind, vector, offset, _, setting = self.axis(axis_id)
             setting = settings.get(axis_id, setting)
             if kind == "rotation":
-                p = offset + _rotation_matrix(vector, setting) @ p
+                p = offset + rotation_matrix(vector, setting) @ p
             elif kind == "translation":
                 p = offset + p + setting * vector
             else:

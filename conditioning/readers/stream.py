@@ -36,7 +36,7 @@ import numpy as np
 
 from xrais.conditioning.image import DiffractionImage, trusted_mask
 from xrais.conditioning.readers.base import ImageReader, open_maybe_compressed, read_head
-from xrais.conditioning.readers.nexus import (
+from xrais.conditioning.readers.eiger import (
     decode_bitshuffle_chunk,
     eiger_detector,
     eiger_trusted_range,

@@ -16,13 +16,13 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from xrais.conditioning.readers.nexus import (
-    NXmxReader,
+from xrais.conditioning.readers.eiger import (
     check_bitshuffle_chunk,
     eiger_detector,
     master_for_data_file,
     undefined_pixel_value,
 )
+from xrais.conditioning.readers.nexus import NXmxReader
 from xrais.conditioning.readers.stream import DectrisStreamReader
 from xrais.errors import CorruptImageError, FrameIndexError, GeometryError
 
