@@ -38,6 +38,7 @@ from xrais.errors import ConfigError, GeometryError
 __all__ = [
     "QUADRANT_SIZE",
     "QUADRANT_ROTATIONS",
+    "QUADRANT_REGIONS",
     "pool_sqrt",
     "condition_pixels",
     "quadrant_corner_px",
@@ -48,8 +49,11 @@ __all__ = [
 QUADRANT_SIZE = 512
 #: np.rot90 ``k`` turning each raw-array quadrant so the beam centre is at [0, 0].
 QUADRANT_ROTATIONS = (2, -1, 0, 1)
-# (fast, slow) direction of each quadrant's region away from the beam centre.
-_DIRECTIONS = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.int64)
+#: Each quadrant's region of the (2·512)² pooled window around the beam-centre corner.
+QUADRANT_REGIONS = tuple(
+    (slice(r * QUADRANT_SIZE, (r + 1) * QUADRANT_SIZE), slice(c * QUADRANT_SIZE, (c + 1) * QUADRANT_SIZE))
+    for r, c in ((0, 0), (0, 1), (1, 1), (1, 0))
+)
 _CLIP = 255.0
 
 
@@ -60,44 +64,42 @@ def _sqrt_floor_u8(v: float) -> np.uint8:
     return np.uint8(math.floor(math.sqrt(v)))
 
 
-@numba.njit(cache=True, inline="always")
-def _block_max(pixels, mask, has_mask, s0, f0, block) -> float:
-    """Largest valid count (≥ 0) of the block whose corner is raw pixel [s0, f0]."""
+@numba.njit(parallel=True, cache=True)
+def _pooled_window_kernel(pixels, mask, has_mask, f_start, s_start, block, out):
+    """out[r, c] = sqrt-floor of the max over raw block [s_start + r·N, …) × [f_start + c·N, …).
+
+    Raw pixels outside the array count as 0. Rows run in parallel and each reads its raw rows
+    in memory order; the inner loop is branch-free (selects) so that it vectorises.
+    """
     n_slow, n_fast = pixels.shape
-    best = 0.0
-    for s in range(max(s0, 0), min(s0 + block, n_slow)):
-        for f in range(max(f0, 0), min(f0 + block, n_fast)):
-            if has_mask and mask[s, f]:
-                continue
-            v = float(pixels[s, f])
-            if v > best:  # NaN is never greater: ignored
-                best = v
-    return best
-
-
-@numba.njit(parallel=True, cache=True)
-def _pool_sqrt_kernel(pixels, mask, has_mask, block, out):
-    n_out_s, n_out_f = out.shape
-    for i in numba.prange(n_out_s):
-        for j in range(n_out_f):
-            out[i, j] = _sqrt_floor_u8(_block_max(pixels, mask, has_mask, i * block, j * block, block))
-
-
-@numba.njit(parallel=True, cache=True)
-def _quadrant_kernel(pixels, mask, has_mask, corner_f, corner_s, block, directions, out):
-    nq, size = out.shape[0], out.shape[1]
-    for row in numba.prange(nq * size):
-        q, i = row // size, row % size
-        df, ds = directions[q, 0], directions[q, 1]
-        transposed = df != ds  # quadrants 1 and 3 are turned by ±90°
-        for j in range(size):
-            if transposed:
-                u, v = i, j
-            else:
-                u, v = j, i
-            f0 = corner_f + u * block if df > 0 else corner_f - (u + 1) * block
-            s0 = corner_s + v * block if ds > 0 else corner_s - (v + 1) * block
-            out[q, i, j] = _sqrt_floor_u8(_block_max(pixels, mask, has_mask, s0, f0, block))
+    n_rows, n_cols = out.shape
+    # columns whose block lies wholly on the detector, and the partial ones at its edges
+    c_lo = min(max(0, (-f_start + block - 1) // block), n_cols)
+    c_hi = max(min(n_cols, (n_fast - f_start) // block), c_lo)
+    edges = (c_lo - 1, c_hi)
+    zero = pixels.dtype.type(0)
+    for r in numba.prange(n_rows):
+        best = np.zeros(n_cols, dtype=pixels.dtype)  # max in the native type: exact, and it vectorises
+        s0 = s_start + r * block
+        for s in range(max(s0, 0), min(s0 + block, n_slow)):
+            for c in edges:
+                if 0 <= c < n_cols:
+                    for f in range(max(f_start + c * block, 0), min(f_start + (c + 1) * block, n_fast)):
+                        x = pixels[s, f]
+                        if has_mask:
+                            x = zero if mask[s, f] else x
+                        best[c] = x if x > best[c] else best[c]  # NaN is never greater: ignored
+            for c in range(c_lo, c_hi):
+                f0 = f_start + c * block
+                b = best[c]
+                for k in range(block):
+                    x = pixels[s, f0 + k]
+                    if has_mask:
+                        x = zero if mask[s, f0 + k] else x
+                    b = x if x > b else b
+                best[c] = b
+        for c in range(n_cols):
+            out[r, c] = _sqrt_floor_u8(np.float64(best[c]))  # sqrt in double precision
 
 
 def _check_pixels(pixels: np.ndarray, mask: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -150,7 +152,7 @@ def pool_sqrt(pixels: np.ndarray, block: int, mask: np.ndarray | None = None) ->
     a, m, has_mask = _check_pixels(pixels, mask, "pixels")
     block = _check_block(block)
     out = np.empty((-(-a.shape[0] // block), -(-a.shape[1] // block)), dtype=np.uint8)
-    _pool_sqrt_kernel(a, m, has_mask, block, out)
+    _pooled_window_kernel(a, m, has_mask, 0, 0, block, out)
     return out
 
 
@@ -217,7 +219,13 @@ def condition_pixels(
         out = np.empty((quadrants, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.uint8)
     elif out.shape != (quadrants, QUADRANT_SIZE, QUADRANT_SIZE) or out.dtype != np.uint8:
         raise ConfigError(f"out: expected uint8 array of shape ({quadrants}, 512, 512), got {out.dtype} {out.shape}")
-    _quadrant_kernel(a, m, has_mask, corner_f, corner_s, block, _DIRECTIONS[:quadrants], out)
+    n = QUADRANT_SIZE
+    half = n * block
+    # the pooled window around the corner: 2n × 2n blocks, or only the upper-left n × n
+    window = np.empty((2 * n, 2 * n) if quadrants == 4 else (n, n), dtype=np.uint8)
+    _pooled_window_kernel(a, m, has_mask, corner_f - half, corner_s - half, block, window)
+    for q in range(quadrants):
+        out[q] = np.rot90(window[QUADRANT_REGIONS[q]], QUADRANT_ROTATIONS[q])
     return out
 
 
@@ -243,6 +251,4 @@ def reference_condition(
     window = padded[corner_s : corner_s + 2 * half, corner_f : corner_f + 2 * half]
     pooled = window.reshape(2 * QUADRANT_SIZE, block, 2 * QUADRANT_SIZE, block).max(axis=(1, 3))
     cond = np.minimum(np.floor(np.sqrt(pooled)), _CLIP).astype(np.uint8)
-    n = QUADRANT_SIZE
-    regions = [cond[:n, :n], cond[:n, n:], cond[n:, n:], cond[n:, :n]]
-    return np.stack([np.rot90(r, k) for r, k in zip(regions, QUADRANT_ROTATIONS)][:quadrants])
+    return np.stack([np.rot90(cond[r], k) for r, k in zip(QUADRANT_REGIONS, QUADRANT_ROTATIONS)][:quadrants])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xrais.conditioning.transform import QUADRANT_ROTATIONS, QUADRANT_SIZE, _check_block, _check_quadrants, quadrant_corner_px
+from xrais.conditioning.transform import QUADRANT_REGIONS, QUADRANT_ROTATIONS, QUADRANT_SIZE, _check_block, _check_quadrants, quadrant_corner_px
 from xrais.errors import ConfigError
 
 __all__ = ["condition_torch"]
@@ -70,6 +70,4 @@ def condition_torch(
     )
     pooled = F.max_pool2d(window[None, None], kernel_size=block, stride=block)[0, 0]
     cond = torch.floor(torch.sqrt(pooled.to(torch.float64))).clamp_(max=255).to(torch.uint8)
-    n = QUADRANT_SIZE
-    regions = [cond[:n, :n], cond[:n, n:], cond[n:, n:], cond[n:, :n]]
-    return torch.stack([torch.rot90(r, k) for r, k in zip(regions, QUADRANT_ROTATIONS)][:quadrants])
+    return torch.stack([torch.rot90(cond[r], k) for r, k in zip(QUADRANT_REGIONS, QUADRANT_ROTATIONS)][:quadrants])
