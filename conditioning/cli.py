@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
@@ -29,7 +29,8 @@ def info(
     table = Table(title="xrais info", header_style="bold")
     for col in ("file", "format", "detector", "frames", "fast×slow", "dtype", "pixel mm", "distance mm",
                 "λ Å", "beam centre px (f, s)", "block", "min", "median", "max", "masked %"):
-        table.add_column(col, justify="right" if col not in ("file", "format", "detector") else "left")
+        table.add_column(col, justify="right" if col not in ("file", "format", "detector") else "left",
+                         overflow="fold")
     failed = 0
     for path in images:
         try:
@@ -61,6 +62,9 @@ def condition(
                                              help="Max-pool block N (default: the detector's own)."),
     png: bool = typer.Option(False, "--png", help="Also write a PNG per frame for a person to look at."),
     shard_size: int = typer.Option(64, "--shard-size", help="Frames per HDF5 shard."),
+    beam_center: Optional[Tuple[float, float]] = typer.Option(
+        None, "--beam-center", metavar="FAST SLOW",
+        help="Beam centre in pixels for every image, replacing the header's."),
 ) -> None:
     """Condition images into 512×512 uint8 quadrants (max-pool, sqrt) with the beam at [0, 0].
 
@@ -97,11 +101,13 @@ def condition(
             if r.error:
                 err_console.print(f"[red]error:[/] {r.error}", highlight=False, soft_wrap=True)
 
-        report = condition_files(paths, out, config, png=png, shard_size=shard_size, on_result=on_result)
+        report = condition_files(paths, out, config, png=png, shard_size=shard_size,
+                                 beam_center_px=beam_center, on_result=on_result)
     table = Table(title=f"conditioned → {out}", header_style="bold")
     for col in ("file", "frame", "detector", "fast×slow", "block", "beam centre px (f, s)", "max √counts",
                 "non-zero %", "ms", "status"):
-        table.add_column(col, justify="left" if col in ("file", "detector", "status") else "right")
+        table.add_column(col, justify="left" if col in ("file", "detector", "status") else "right",
+                         overflow="fold")
     for r in report.results:
         status = "[red]failed[/]" if r.error else ("skipped (done)" if r.skipped else "ok")
         table.add_row(r.path.name, str(r.frame) if r.frame >= 0 else "—", r.detector or "—",

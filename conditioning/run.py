@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -116,6 +116,7 @@ def condition_files(
     *,
     png: bool = False,
     shard_size: int = 64,
+    beam_center_px: tuple[float, float] | None = None,
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> ConditionReport:
     """Condition every frame of ``paths`` into shards ``out_dir/conditioned_NNNNN.h5``.
@@ -132,6 +133,9 @@ def condition_files(
         Also write ``out_dir/png/<file>_f<frame>.png`` per frame.
     shard_size : int
         Frames per shard.
+    beam_center_px : (float, float), optional
+        (fast, slow) beam centre in pixels for every frame, replacing the headers' (for formats
+        without one, or headers known to be wrong).
     on_result : callable, optional
         Called with each :class:`FrameResult` as it completes (progress display).
 
@@ -157,6 +161,8 @@ def condition_files(
                     result = FrameResult(path=path, frame=item.frame, detector=item.detector.name,
                                          shape=item.shape, skipped=True)
                 else:
+                    if beam_center_px is not None:
+                        item = replace(item, beam_center_px=beam_center_px)
                     result = _condition_one(item, path, config, writer, out if png else None)
                 report.results.append(result)
                 if on_result is not None:

@@ -42,6 +42,7 @@ __all__ = [
     "pool_sqrt",
     "condition_pixels",
     "quadrant_corner_px",
+    "check_image_fits",
     "reference_condition",
 ]
 
@@ -181,6 +182,34 @@ def _check_quadrants(quadrants: int) -> int:
     return int(quadrants)
 
 
+_QUADRANT_NAMES = ("upper left", "upper right", "lower right", "lower left")
+_QUADRANT_DIRECTIONS = ((-1, -1), (1, -1), (1, 1), (-1, 1))  # (fast, slow) away from the corner
+
+
+def check_image_fits(corner: tuple[int, int], shape: tuple[int, int], block: int, quadrants: int) -> None:
+    """Refuse an image too small for the requested quadrants.
+
+    Raises
+    ------
+    ConfigError
+        If the image is smaller than one N×N block.
+    GeometryError
+        If a requested quadrant would hold no detector pixel at all (the beam centre sits on
+        the detector's edge on that side); partly covered quadrants are zero-padded instead.
+    """
+    n_slow, n_fast = shape
+    if n_slow < block or n_fast < block:
+        raise ConfigError(f"pixels: a {n_fast}×{n_slow} image is smaller than one {block}×{block} block")
+    cf, cs = corner
+    for q in range(quadrants):
+        df, ds = _QUADRANT_DIRECTIONS[q]
+        if ((n_fast - cf) if df > 0 else cf) == 0 or ((n_slow - cs) if ds > 0 else cs) == 0:
+            raise GeometryError(
+                f"quadrant {q} ({_QUADRANT_NAMES[q]}) would hold no detector pixels: the beam centre corner "
+                f"({cf}, {cs}) px lies on the edge of the {n_fast}×{n_slow} detector"
+            )
+
+
 def condition_pixels(
     pixels: np.ndarray,
     beam_center_px: tuple[float, float],
@@ -215,6 +244,7 @@ def condition_pixels(
     block = _check_block(block)
     quadrants = _check_quadrants(quadrants)
     corner_f, corner_s = quadrant_corner_px(beam_center_px, a.shape)
+    check_image_fits((corner_f, corner_s), a.shape, block, quadrants)
     if out is None:
         out = np.empty((quadrants, QUADRANT_SIZE, QUADRANT_SIZE), dtype=np.uint8)
     elif out.shape != (quadrants, QUADRANT_SIZE, QUADRANT_SIZE) or out.dtype != np.uint8:

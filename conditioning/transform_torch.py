@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from xrais.conditioning.transform import QUADRANT_REGIONS, QUADRANT_ROTATIONS, QUADRANT_SIZE, _check_block, _check_quadrants, quadrant_corner_px
+from xrais.conditioning.transform import (
+    QUADRANT_REGIONS,
+    QUADRANT_ROTATIONS,
+    QUADRANT_SIZE,
+    _check_block,
+    _check_quadrants,
+    check_image_fits,
+    quadrant_corner_px,
+)
 from xrais.errors import ConfigError
 
 __all__ = ["condition_torch"]
@@ -51,6 +59,7 @@ def condition_torch(
     block = _check_block(block)
     quadrants = _check_quadrants(quadrants)
     corner_f, corner_s = quadrant_corner_px(beam_center_px, tuple(x.shape))
+    check_image_fits((corner_f, corner_s), tuple(x.shape), block, quadrants)
     if x.is_floating_point():
         if not torch.isfinite(x).any():
             raise ConfigError("pixels: every pixel is NaN or infinite; expected counts")

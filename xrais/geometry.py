@@ -55,6 +55,7 @@ __all__ = [
     "list_detectors",
     "catalog_entry_for_shape",
     "rotation_matrix",
+    "default_downsample_block",
 ]
 
 #: h·c in eV·Å: E[eV] = HC_EV_A / λ[Å] (CODATA 2018).
@@ -437,7 +438,7 @@ class Detector:
         distance_mm: float,
         beam_center_px: tuple[float, float],
         name: str = "custom",
-        downsample_block: int = 4,
+        downsample_block: int | None = None,
         trusted_range: tuple[float, float] = (0.0, 65535.0),
         thickness_mm: float = 0.0,
         material: str = "",
@@ -445,8 +446,12 @@ class Detector:
     ) -> "Detector":
         """A single flat panel normal to the beam (a user-defined detector).
 
-        ``image_size`` is (n_fast, n_slow); ``beam_center_px`` (fast, slow) in pixels.
+        ``image_size`` is (n_fast, n_slow); ``beam_center_px`` (fast, slow) in pixels; the
+        block defaults to :func:`default_downsample_block` of the pixel size.
         """
+        if downsample_block is None:
+            downsample_block = default_downsample_block(
+                float(pixel_size_mm if np.isscalar(pixel_size_mm) else pixel_size_mm[0]))  # type: ignore[index]
         return _module_grid(
             name=name,
             module_size=image_size,
@@ -836,6 +841,20 @@ DETECTOR_CATALOG: dict[str, CatalogEntry] = {
                            "installations place modules by their geometry file"),
     ]
 }
+
+
+def default_downsample_block(pixel_size_mm: float) -> int:
+    """Max-pool block for a detector outside the catalog, from its pixel pitch.
+
+    XRAIS pools PILATUS-like coarse pixels (> 0.1 mm) in 2×2 blocks and EIGER-, Rayonix- and
+    JUNGFRAU-like fine pixels in 4×4 blocks.
+
+    Examples
+    --------
+    >>> default_downsample_block(0.172), default_downsample_block(0.075)
+    (2, 4)
+    """
+    return 2 if pixel_size_mm > 0.1 else 4
 
 
 def list_detectors() -> list[str]:

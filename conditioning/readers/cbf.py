@@ -148,7 +148,6 @@ def _minicbf_detector(path: Path, h: dict[str, Any], n_fast: int, n_slow: int) -
         det = Detector.flat(image_size=(n_fast, n_slow), pixel_size_mm=(px_f, px_s),
                             distance_mm=h["distance_mm"], beam_center_px=h["beam_xy_px"],
                             name=h.get("detector_model", "minicbf"),
-                            downsample_block=2 if px_f > 0.1 else 4,
                             serial_number=h.get("serial_number", ""), **extra)
     two_theta = h.get("two_theta_deg", 0.0)
     if two_theta:

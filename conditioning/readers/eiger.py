@@ -280,7 +280,6 @@ def eiger_detector(
                            serial_number=serial_number, pixel_size_mm=pixel_size_mm, **extra)
     return Detector.flat(image_size=(n_fast, n_slow), pixel_size_mm=pixel_size_mm,
                          distance_mm=distance_mm, beam_center_px=beam_center_px, name=name,
-                         downsample_block=4 if pixel_size_mm[0] < 0.1 else 2,
                          serial_number=serial_number, **extra)
 
 

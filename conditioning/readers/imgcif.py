@@ -50,7 +50,7 @@ with warnings.catch_warnings():
 from xrais.conditioning.image import DiffractionImage, trusted_mask
 from xrais.conditioning.readers.base import ImageReader, open_maybe_compressed, read_head
 from xrais.errors import CorruptImageError, XraisError
-from xrais.geometry import Beam, Detector, Panel, catalog_entry_for_shape, rotation_matrix
+from xrais.geometry import Beam, Detector, Panel, catalog_entry_for_shape, default_downsample_block, rotation_matrix
 
 __all__ = ["ImgCIFReader"]
 
@@ -480,5 +480,4 @@ def _flat_detector(panel: Panel, name: str) -> Detector:
     entry = catalog_entry_for_shape(*panel.image_size, panel.pixel_size_mm[0])
     if entry is not None:
         return Detector(panels=(panel,), name=entry.name, downsample_block=entry.downsample_block)
-    # Otherwise, as for a miniCBF: block 2 for coarse pixels (> 0.1 mm), 4 for fine ones.
-    return Detector(panels=(panel,), name=name, downsample_block=2 if panel.pixel_size_mm[0] > 0.1 else 4)
+    return Detector(panels=(panel,), name=name, downsample_block=default_downsample_block(panel.pixel_size_mm[0]))

@@ -18,7 +18,7 @@ configuration JSON (``beam_center_x``/``beam_center_y`` in pixels, ``detector_di
 
 Encodings: ``bs8-lz4<``, ``bs16-lz4<`` and ``bs32-lz4<`` (bitshuffle + LZ4: the blob is byte
 for byte one HDF5 bitshuffle chunk, decoded by hdf5plugin's filter, see
-:func:`~xrais.conditioning.readers.nexus.decode_bitshuffle_chunk`), and ``<`` (raw
+:func:`~xrais.conditioning.readers.eiger.decode_bitshuffle_chunk`), and ``<`` (raw
 little-endian). Pixels are returned as an array of shape (n_slow, n_fast). Masked: the all-ones
 count of the bit depth (65535 for 16-bit frames), counts ≥ the count-rate cutoff, non-zero
 pixels of the header's pixel mask when the dump carries one, and catalog module gaps.

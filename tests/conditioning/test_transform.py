@@ -121,6 +121,14 @@ def test_numba_torch_and_reference_agree(dtype, block):
     np.testing.assert_array_equal(condition_torch(img, centre, block, mask=mask).numpy(), ref)
 
 
+def test_a_quadrant_off_the_detector_side_is_allowed_when_not_requested():
+    img = np.ones((50, 50), np.int32) * 400
+    # beam centre on the right edge: quadrants 1 and 2 would be empty, quadrant 0 is not
+    assert condition(img, beam_center_px=(50.0, 25.0), block=1, quadrants=1)[0, :25, :50].min() == 20
+    with pytest.raises(GeometryError, match="quadrant 1"):
+        condition(img, beam_center_px=(50.0, 25.0), block=1)
+
+
 def test_corner_is_the_rounded_beam_centre():
     assert quadrant_corner_px((10.49, 20.5), (100, 100)) == (10, 21)
     assert quadrant_corner_px((100.0, 0.0), (100, 100)) == (100, 0)
@@ -140,6 +148,10 @@ def test_corner_is_the_rounded_beam_centre():
          ConfigError, "mask"),
         (lambda: condition_torch(torch.full((50, 50), float("nan")), (1, 1), 2), ConfigError, "NaN"),
         (lambda: condition_torch(torch.zeros(50, 50), (51, 1), 2), GeometryError, "outside"),
+        (lambda: condition(np.zeros((3, 50)), beam_center_px=(1, 1), block=4), ConfigError, "smaller than one 4×4"),
+        (lambda: condition(np.zeros((50, 50)), beam_center_px=(0.2, 20), block=2), GeometryError,
+         r"quadrant 0 \(upper left\) would hold no detector pixels"),
+        (lambda: condition_torch(torch.zeros(50, 50), (20, 49.9), 2), GeometryError, r"quadrant 2 \(lower right\)"),
     ],
 )
 def test_bad_input_is_a_clear_error(call, error, message):

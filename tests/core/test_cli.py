@@ -9,6 +9,7 @@ import pytest
 
 from xrais._version import __version__
 from xrais.cli import main
+from xrais.conditioning import condition, read_image
 from xrais.io import list_shards, read_shard
 
 
@@ -62,12 +63,16 @@ def test_condition_writes_shards_pngs_reports_bad_files_and_resumes(capsys, shar
     np.testing.assert_array_equal(new[0], images[:4])  # the same frame, the same quadrants
 
 
-def test_single_quadrant_and_explicit_block(capsys, shared_data, tmp_path):
-    code, out, _ = run(capsys, "condition", str(shared_data("real/pilatus6m/DLS_I03_smargon_0001.cbf.gz")),
-                       "--out", str(tmp_path), "--quadrants", "1", "--downsample", "3")
+def test_single_quadrant_explicit_block_and_beam_centre(capsys, shared_data, tmp_path):
+    path = shared_data("real/pilatus6m/DLS_I03_smargon_0001.cbf.gz")
+    code, out, _ = run(capsys, "condition", str(path), "--out", str(tmp_path), "--quadrants", "1",
+                       "--downsample", "3", "--beam-center", "1000.5", "1100")
     assert code == 0
     images, cols, _ = read_shard(list_shards(tmp_path, "conditioned")[0])
     assert images.shape == (1, 512, 512) and cols["geometry/downsample"].tolist() == [3]
+    assert (cols["geometry/beam_center_fast_px"][0], cols["geometry/beam_center_slow_px"][0]) == (1000.5, 1100.0)
+    expected = condition(read_image(path), beam_center_px=(1000.5, 1100.0), block=3, quadrants=1)
+    np.testing.assert_array_equal(images, expected)
 
 
 @pytest.mark.parametrize(
