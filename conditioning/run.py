@@ -190,12 +190,16 @@ def _condition_one(image: DiffractionImage, path: Path, config: ConditioningConf
     result.nonzero_fraction = float(np.count_nonzero(quads) / quads.size)
     q = config.quadrants
     pixel_mm = float(image.detector.pixel_size_mm[0])
+    # formats without geometry in their header get placeholders from the reader: store NaN
+    known = bool(image.header.get("geometry_from_header", True))
+    distance_mm = float(image.detector.distance_mm) if known else float("nan")
+    wavelength_A = image.beam.wavelength_A if known else float("nan")
     writer.add(quads, {
         "source/path": [str(path.resolve())] * q,
         "source/frame": [image.frame] * q,
         "source/quadrant": list(range(q)),
-        "geometry/distance_mm": [float(image.detector.distance_mm)] * q,
-        "geometry/wavelength_A": [image.beam.wavelength_A] * q,
+        "geometry/distance_mm": [distance_mm] * q,
+        "geometry/wavelength_A": [wavelength_A] * q,
         "geometry/pixel_mm": [pixel_mm] * q,
         "geometry/downsample": [block] * q,
         "geometry/beam_center_fast_px": [image.beam_center_px[0]] * q,

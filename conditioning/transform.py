@@ -168,7 +168,10 @@ def quadrant_corner_px(beam_center_px: tuple[float, float], shape: tuple[int, in
     bf, bs = (float(v) for v in beam_center_px)
     n_slow, n_fast = shape
     if not (math.isfinite(bf) and math.isfinite(bs)):
-        raise GeometryError(f"beam centre {beam_center_px}: expected finite (fast, slow) pixel coordinates")
+        raise GeometryError(
+            f"beam centre {beam_center_px}: expected finite (fast, slow) pixel coordinates "
+            "(give one with beam_center_px= or --beam-center when the header has none)"
+        )
     if not (0.0 <= bf <= n_fast and 0.0 <= bs <= n_slow):
         raise GeometryError(
             f"beam centre ({bf:.2f}, {bs:.2f}) px lies outside the {n_fast}×{n_slow} (fast×slow) detector"

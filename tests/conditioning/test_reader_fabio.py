@@ -60,3 +60,23 @@ def test_truncated_marccd_is_a_clear_error(mccd, tmp_path):
     cut.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CorruptImageError, match="cut.mccd"):
         FabioReader(cut).read_frame()
+
+
+def test_tiff_without_geometry_needs_a_beam_centre(tmp_path, capsys):
+    """A plain TIFF carries no geometry: conditioning asks for a beam centre, then records NaN geometry."""
+    from PIL import Image
+
+    from xrais.cli import main
+    from xrais.io import list_shards, read_shard
+
+    path = tmp_path / "frame.tif"
+    Image.fromarray(np.full((300, 200), 900, np.uint16)).save(path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["condition", str(path), "--out", str(tmp_path / "a")])
+    assert exit_info.value.code == 1
+    assert "frame.tif: beam centre (nan, nan): expected finite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["condition", str(path), "--out", str(tmp_path / "b"), "--beam-center", "100", "150"])
+    assert exit_info.value.code == 0
+    images, cols, _ = read_shard(list_shards(tmp_path / "b", "conditioned")[0])
+    assert images[2, 0, 0] == 30 and np.isnan(cols["geometry/distance_mm"]).all()
