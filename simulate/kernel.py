@@ -1,0 +1,127 @@
+"""Packing a render into flat arrays (the kernel plan) and choosing the backend.
+
+The plan is what both kernels read: panels as rows of numbers, the sources, the orientation
+matrices, the |F| grid and scalar switches. It is built once on the host; the CPU kernel reads
+it directly and the GPU kernel after a copy to the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from xrais.errors import ConfigError
+from xrais.geometry import Detector
+
+__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend",
+           "FLAG_OMEGA_ONCE", "FLAG_POLAR_ONCE", "FLAG_POINT_PIXEL", "FLAG_NO_POLAR", "FLAG_NANOBRAGG_BACKGROUND"]
+
+Backend = Literal["auto", "numba", "cuda"]
+
+FLAG_OMEGA_ONCE, FLAG_POLAR_ONCE, FLAG_POINT_PIXEL, FLAG_NO_POLAR, FLAG_NANOBRAGG_BACKGROUND = 1, 2, 4, 8, 16
+
+
+def panel_table(detector: Detector) -> np.ndarray:
+    """Per panel: origin xyz (mm), fast xyz, slow xyz, pitch f, s (mm), close distance (mm); (P, 12)."""
+    rows = []
+    for p in detector.panels:
+        rows.append([*p.origin_mm, *p.fast_axis, *p.slow_axis, *p.pixel_size_mm, p.distance_mm])
+    return np.array(rows, dtype=np.float64)
+
+
+def pixel_rows(detector: Detector, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One row per (panel, slow line) to render: panel, slow index, fast range, output slow, output fast offset.
+
+    ``roi`` = (fast_min, fast_max, slow_min, slow_max), inclusive, in data-array coordinates
+    (nanoBragg ``-roi``); pixels outside it are not computed (they stay 0).
+    """
+    n_slow, n_fast = detector.array_shape
+    f_min, f_max, s_min, s_max = roi if roi is not None else (0, n_fast - 1, 0, n_slow - 1)
+    rows = []
+    for i, p in enumerate(detector.panels):
+        off_f, off_s = p.array_offset_px
+        f_lo = max(0, f_min - off_f)
+        f_hi = min(p.image_size[0], f_max - off_f + 1)
+        if f_hi <= f_lo:
+            continue
+        for s in range(max(0, s_min - off_s), min(p.image_size[1], s_max - off_s + 1)):
+            rows.append((i, s, f_lo, f_hi, off_s + s, off_f))
+    return np.array(rows, dtype=np.int64).reshape(-1, 6)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything a kernel needs, as arrays and numbers (see :func:`xrais.simulate.physics.pixel_value`)."""
+
+    image_shape: tuple[int, int]
+    rows: np.ndarray
+    panels: np.ndarray
+    sources: np.ndarray
+    orientations: np.ndarray
+    a0: np.ndarray
+    shape_code: int
+    n_cells: tuple[float, float, float]
+    fudge: float
+    grid: np.ndarray
+    hkl_min: tuple[int, int, int]
+    default_f: float
+    inv_dmin: float
+    oversample: int
+    kahn: float
+    polarization_axis: tuple[float, float, float]
+    flags: int
+    scale: float
+    background: float
+
+    @property
+    def steps(self) -> int:
+        """Samples per pixel: sources × orientations × oversample²."""
+        return len(self.sources) * len(self.orientations) * self.oversample**2
+
+    @property
+    def evaluations(self) -> int:
+        """Lattice evaluations of the whole render: pixels × steps."""
+        return int(sum(r[3] - r[2] for r in self.rows)) * self.steps
+
+    def kernel_args(self) -> tuple:
+        """Positional arguments of the kernels, after the output image."""
+        na, nb, nc = self.n_cells
+        return (self.rows, self.panels, self.sources, self.orientations, self.a0, self.shape_code, float(na),
+                float(nb), float(nc), float(self.fudge), self.grid, int(self.hkl_min[0]), int(self.hkl_min[1]),
+                int(self.hkl_min[2]), float(self.default_f), float(self.inv_dmin), int(self.oversample),
+                float(self.kahn), *map(float, self.polarization_axis), int(self.flags), float(self.scale),
+                float(self.background), float(self.steps))
+
+
+def choose_backend(backend: Backend) -> str:
+    """``"numba"`` or ``"cuda"``: ``auto`` picks the GPU when CUDA works.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, or ``cuda`` without a usable device.
+    """
+    from xrais.simulate.kernel_cuda import cuda_available, simulator_active
+
+    if backend == "auto":
+        return "cuda" if cuda_available() and not simulator_active() else "numba"
+    if backend == "numba":
+        return "numba"
+    if backend == "cuda":
+        if not cuda_available():
+            raise ConfigError("backend 'cuda': no CUDA device (or numba-cuda) is available; use 'numba' or 'auto'")
+        return "cuda"
+    raise ConfigError(f"backend {backend!r}: expected 'auto', 'numba' or 'cuda'")
+
+
+def run_plan(plan: KernelPlan, backend: Backend = "auto") -> np.ndarray:
+    """Render a plan; float32 image of shape ``plan.image_shape`` (photons)."""
+    if choose_backend(backend) == "cuda":
+        from xrais.simulate.kernel_cuda import render_cuda
+
+        return render_cuda(plan)
+    from xrais.simulate.kernel_cpu import render_cpu
+
+    return render_cpu(plan)
