@@ -34,13 +34,14 @@ from xrais.simulate.mosaic import mosaic_rotations, orientation_matrices, phi_an
 from xrais.simulate.sources import beam_sources, polarization_axis
 
 __all__ = ["render", "render_plan", "fluence_photons_per_m2", "water_molecules", "R_E2_M2",
-           "NANOBRAGG_DEFAULT_FLUENCE"]
+           "NANOBRAGG_DEFAULT_FLUENCE", "F_WATER"]
 
 #: Classical electron radius squared, m² (nanoBragg's value).
 R_E2_M2 = 7.94079248018965e-30
 #: nanoBragg's default fluence (photons/m²): r_e²·fluence = 1.
 NANOBRAGG_DEFAULT_FLUENCE = 1.25932015286227e29
-_F_WATER = 2.57  # forward scattering factor of a water molecule (nanoBragg)
+#: Forward scattering factor of a water molecule (nanoBragg).
+F_WATER = 2.57
 _AVOGADRO = 6.02214179e23
 _WATER_G_PER_M3 = 1e6
 _WATER_G_PER_MOL = 18.0
@@ -120,10 +121,13 @@ def render_plan(
     fudge: float = 1.0,
     flags: int = 0,
     background: float | None = None,
+    check_reflections: bool = True,
 ) -> KernelPlan:
     """Build the :class:`~xrais.simulate.kernel.KernelPlan` of a render (see :func:`render`).
 
-    ``flags`` and ``background`` override the physical defaults (nanoBragg compatibility).
+    ``flags`` and ``background`` override the physical defaults (nanoBragg compatibility);
+    ``check_reflections=False`` renders even a set-up where no reflection can reach the
+    detector (only the tails of the direct-beam reflection), as nanoBragg does.
     """
     _check_geometry(beam, detector)
     if not 1 <= int(oversample) <= 64:
@@ -150,8 +154,8 @@ def render_plan(
     scale = R_E2_M2 * fluence
     bits = flags | (FLAG_POINT_PIXEL if point_pixel else 0) | (0 if polarization else FLAG_NO_POLAR)
     if background is None:
-        background = _F_WATER**2 * water_molecules(water_um)
-    if background == 0.0:
+        background = F_WATER**2 * water_molecules(water_um)
+    if background == 0.0 and check_reflections:
         _check_reflections_reach(crystal, beam, detector, d_min_A)
     return KernelPlan(
         image_shape=detector.array_shape,

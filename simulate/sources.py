@@ -14,7 +14,7 @@ import numpy as np
 
 from xrais.geometry import Beam, rotation_matrix
 
-__all__ = ["beam_sources", "polarization_axis"]
+__all__ = ["beam_sources", "sample_sources", "polarization_axis"]
 
 
 def polarization_axis(beam: Beam) -> np.ndarray:
@@ -23,11 +23,43 @@ def polarization_axis(beam: Beam) -> np.ndarray:
     return e / np.linalg.norm(e)
 
 
-def _divergence_grid(range_rad: float, steps: int) -> np.ndarray:
-    if steps <= 1 or range_rad <= 0:
-        return np.zeros(1)
-    step = range_rad / (steps - 1)
-    return step * np.arange(steps) - range_rad / 2
+Sampling = tuple[float, float, int]  # (full range, step, number of samples)
+
+
+def _sampling(range_: float, steps: int) -> Sampling:
+    """(range, range/(steps − 1), steps), or a single sample for no range."""
+    if steps <= 1 or range_ <= 0:
+        return 0.0, 0.0, 1
+    return range_, range_ / (steps - 1), steps
+
+
+def sample_sources(direction, e_axis, wavelength_A: float, hdiv: Sampling, vdiv: Sampling, disp: Sampling,
+                   elliptical: bool = True) -> np.ndarray:
+    """Sources on a divergence grid × a wavelength grid, shape (n, 4): î (unit) and λ (Å).
+
+    ``hdiv``/``vdiv`` = (range, step, samples) in radians about the axes unit(beam × ê) and ê;
+    ``disp`` = (Δλ/λ range, step, samples). Order: horizontal, vertical, wavelength (the first
+    source is the one nanoBragg evaluates polarization with).
+    """
+    b = np.asarray(direction, dtype=float)
+    e = np.asarray(e_axis, dtype=float)
+    v_axis = np.cross(b, e)
+    v_axis /= np.linalg.norm(v_axis)
+    (hr, hs, hn), (vr, vs, vn), (dr, ds, dn) = hdiv, vdiv, disp
+    rows = []
+    for ih in range(hn):
+        for iv in range(vn):
+            h, v = hs * ih - hr / 2.0, vs * iv - vr / 2.0
+            if elliptical and hr > 0 and vr > 0:
+                term = 4.0 * ((h * h - hs * hs / 4.0 * (1 - hn % 2)) / hr**2 + (v * v - vs * vs / 4.0 * (1 - vn % 2)) / vr**2)
+                if term > 1.1:
+                    continue
+            upstream = rotation_matrix(e, np.degrees(v)) @ -b
+            upstream = rotation_matrix(v_axis, np.degrees(h)) @ upstream
+            incident = -upstream / np.linalg.norm(upstream)
+            for j in range(dn):
+                rows.append([*incident, wavelength_A * (1.0 + ds * j - dr / 2.0)])
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
 
 def beam_sources(beam: Beam, *, divergence_steps: int = 1, dispersion_steps: int = 1, square_divergence: bool = False,
@@ -40,30 +72,6 @@ def beam_sources(beam: Beam, *, divergence_steps: int = 1, dispersion_steps: int
     """
     hrange = 1e-3 * (beam.divergence_mrad if hdivergence_mrad is None else hdivergence_mrad)
     vrange = 1e-3 * (beam.divergence_mrad if vdivergence_mrad is None else vdivergence_mrad)
-    hs = _divergence_grid(hrange, divergence_steps if hrange > 0 else 1)
-    vs = _divergence_grid(vrange, divergence_steps if vrange > 0 else 1)
-    hstep = hs[1] - hs[0] if hs.size > 1 else 0.0
-    vstep = vs[1] - vs[0] if vs.size > 1 else 0.0
-    b = np.asarray(beam.direction, dtype=float)
-    e_axis = polarization_axis(beam)
-    v_axis = np.cross(b, e_axis)
-    v_axis /= np.linalg.norm(v_axis)
-    directions = []
-    for h in hs:
-        for v in vs:
-            if not square_divergence and hrange > 0 and vrange > 0:
-                term = 4.0 * ((h * h - hstep * hstep / 4.0 * (1 - hs.size % 2)) / hrange**2
-                              + (v * v - vstep * vstep / 4.0 * (1 - vs.size % 2)) / vrange**2)
-                if term > 1.1:
-                    continue
-            upstream = -b
-            upstream = rotation_matrix(e_axis, np.degrees(v)) @ upstream
-            upstream = rotation_matrix(v_axis, np.degrees(h)) @ upstream
-            directions.append(-upstream / np.linalg.norm(upstream))
-    dispersion = beam.spectral_dispersion
-    if dispersion_steps > 1 and dispersion > 0:
-        dstep = dispersion / (dispersion_steps - 1)
-        lams = beam.wavelength_A * (1.0 + dstep * np.arange(dispersion_steps) - dispersion / 2)
-    else:
-        lams = np.array([beam.wavelength_A])
-    return np.array([[*d, lam] for d in directions for lam in lams], dtype=np.float64)
+    return sample_sources(beam.direction, polarization_axis(beam), beam.wavelength_A,
+                          _sampling(hrange, divergence_steps), _sampling(vrange, divergence_steps),
+                          _sampling(beam.spectral_dispersion, dispersion_steps), elliptical=not square_divergence)

@@ -53,8 +53,10 @@ def _global(
 
 def _register_stages() -> None:
     from xrais.conditioning.cli import register as register_conditioning
+    from xrais.simulate.cli import register as register_nanobragg
 
     register_conditioning(app)
+    register_nanobragg(app)
 
 
 _register_stages()

@@ -2,6 +2,9 @@
 
 Beam-centre convention (as dxtbx reads ADSC): ``BEAM_CENTER_X`` is measured along the
 slow axis and ``BEAM_CENTER_Y`` along the fast axis, both in mm from the first pixel's corner.
+Images simulated by nanoBragg (``BEAMLINE=fake``) count ``BEAM_CENTER_X/Y`` from the first
+pixel's centre; their ``DENZO_X_BEAM``/``DENZO_Y_BEAM`` (slow, fast) count from the corner and
+are used instead.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class SMVReader(ImageReader):
             distance = float(h["DISTANCE"])
             wavelength = float(h["WAVELENGTH"])
             bx_mm, by_mm = float(h["BEAM_CENTER_X"]), float(h["BEAM_CENTER_Y"])
+            if h.get("BEAMLINE") == "fake" and "DENZO_X_BEAM" in h and "DENZO_Y_BEAM" in h:
+                bx_mm, by_mm = float(h["DENZO_X_BEAM"]), float(h["DENZO_Y_BEAM"])
         except (KeyError, ValueError) as exc:
             raise CorruptImageError(f"{self.path.name}: SMV header lacks or garbles {exc}") from None
         order = ">" if h.get("BYTE_ORDER", "").lower().startswith("big") else "<"

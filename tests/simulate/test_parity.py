@@ -37,15 +37,8 @@ CASE_NAMES = [
 ]
 
 
-def _option(command: list[str], name: str, n: int = 1):
-    if name not in command:
-        return None
-    i = command.index(name)
-    return command[i + 1 : i + 1 + n] if n > 1 else command[i + 1]
-
-
 def render_case(case: dict, shared_data) -> np.ndarray:
-    p, cmd = case["params"], case["command"]
+    p = case["params"]
     px = p["pixel_mm"]
     det = nanobragg_detector(pixel_mm=px, n_fast=p["detpixels_fast"], n_slow=p["detpixels_slow"],
                              distance_mm=p["distance_mm"], xbeam_mm=p["beam_center_mm"]["Xbeam"],
