@@ -20,7 +20,8 @@ from xrais.geometry import Detector, rotation_matrix
 from xrais.simulate.crystal import Crystal, misset_matrix, reciprocal_matrix_B, validate_cell
 from xrais.simulate.mosaic import NANOBRAGG_TO_LAB
 
-__all__ = ["nanobragg_real_space", "nanobragg_crystal", "nanobragg_detector", "cell_of_real_space"]
+__all__ = ["nanobragg_real_space", "nanobragg_crystal", "nanobragg_detector", "cell_of_real_space",
+           "nanobragg_shape_basis"]
 
 
 def nanobragg_real_space(cell: Sequence[float], misset_deg: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
@@ -42,6 +43,22 @@ def nanobragg_real_space(cell: Sequence[float], misset_deg: Sequence[float] = (0
     recip = recip @ misset_matrix(misset_deg).T  # each row turned by the misset rotation
     a_v, b_v, c_v = np.cross(recip[1], recip[2]), np.cross(recip[2], recip[0]), np.cross(recip[0], recip[1])
     return np.array([v / np.linalg.norm(v) * length for v, length in zip((a_v, b_v, c_v), (a, b, c))])
+
+
+def nanobragg_shape_basis(cell: Sequence[float], misset_deg: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """The reciprocal basis nanoBragg measures GAUSS/TOPHAT spot radii with (xrais frame, columns, Å⁻¹).
+
+    nanoBragg regenerates a* = (b × c)/V with V the volume of the *input* cell rather than of
+    its (slightly different) real vectors, so for triclinic cells these vectors are scaled by
+    V'/V from the exact inverse. Pass it as the plan's ``a0`` to reproduce the program.
+    """
+    a, b, c = nanobragg_real_space(cell, misset_deg)
+    x, y, z, al, be, ga = validate_cell(cell)
+    al, be, ga = (math.radians(v) for v in (al, be, ga))
+    s = (al + be + ga) / 2.0
+    volume = 2.0 * x * y * z * math.sqrt(abs(math.sin(s) * math.sin(s - al) * math.sin(s - be) * math.sin(s - ga)))
+    basis = np.column_stack([np.cross(b, c), np.cross(c, a), np.cross(a, b)]) / volume
+    return np.ascontiguousarray(NANOBRAGG_TO_LAB @ basis)
 
 
 def cell_of_real_space(real: np.ndarray) -> tuple[float, float, float, float, float, float]:

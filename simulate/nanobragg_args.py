@@ -34,7 +34,7 @@ from xrais.errors import ConfigError
 from xrais.geometry import Beam, Detector, rotation_matrix
 from xrais.simulate.crystal import Crystal
 from xrais.simulate.mosaic import NANOBRAGG_TO_LAB
-from xrais.simulate.nanobragg import nanobragg_crystal, nanobragg_detector
+from xrais.simulate.nanobragg import nanobragg_crystal, nanobragg_detector, nanobragg_shape_basis
 from xrais.simulate.kernel import FLAG_NANOBRAGG_BACKGROUND, FLAG_OMEGA_ONCE, FLAG_POLAR_ONCE
 from xrais.simulate.sources import sample_sources
 from xrais.simulate.render import F_WATER, NANOBRAGG_DEFAULT_FLUENCE, R_E2_M2, water_molecules
@@ -333,7 +333,8 @@ class NanoBraggRun:
 
     ``render_options`` are keyword arguments of :func:`xrais.simulate.render.render_plan`
     (nanoBragg flags: Ω and polarization once per pixel, water ∝ fluence² and ÷ steps);
-    ``sources`` replace the plan's sources (nanoBragg's grid, :func:`nanobragg_sources`).
+    ``sources`` replace the plan's sources (nanoBragg's grid, :func:`nanobragg_sources`) and
+    ``shape_basis`` its GAUSS/TOPHAT reciprocal basis (:func:`~xrais.simulate.nanobragg.nanobragg_shape_basis`).
     ``beam_normal_ratio`` is beam · detector normal before the two-theta swing: nanoBragg
     divides the perpendicular distance by it for the header's DISTANCE and beam centres and
     for the automatic oversampling (so with ``-twotheta`` those use a shortened distance).
@@ -345,6 +346,7 @@ class NanoBraggRun:
     detector: Detector
     sources: np.ndarray
     render_options: dict[str, Any]
+    shape_basis: np.ndarray
     fluence: float
     phi_deg: float
     osc_deg: float
@@ -486,7 +488,8 @@ def resolve_nanobragg(args: NanoBraggArgs, *, now_seed: Optional[int] = None) ->
                    check_reflections=False)
     noise_seed = args.seed if args.seed is not None else (now_seed if now_seed is not None else 0)
     return NanoBraggRun(args=args, crystal=crystal, beam=beam, detector=detector, sources=sources,
-                        render_options=options, fluence=fluence, phi_deg=args.phi_deg, osc_deg=osc, phisteps=phisteps,
+                        render_options=options, shape_basis=nanobragg_shape_basis(cell, args.misset_deg),
+                        fluence=fluence, phi_deg=args.phi_deg, osc_deg=osc, phisteps=phisteps,
                         oversample=oversample, detsize_mm=(size_f, size_s), beam_mm=(xbeam, ybeam),
                         beam_normal_ratio=ratio,
                         noise_seed=int(noise_seed), warnings=tuple(notes))
@@ -513,7 +516,8 @@ def render_nanobragg(run: NanoBraggRun, backend: str | None = None) -> tuple[np.
     from xrais.simulate.kernel import run_plan
     from xrais.simulate.render import render_plan
 
-    plan = replace(render_plan(run.crystal, run.beam, run.detector, **run.render_options), sources=run.sources)
+    plan = replace(render_plan(run.crystal, run.beam, run.detector, **run.render_options), sources=run.sources,
+                   a0=run.shape_basis)
     if plan.rows.size == 0:
         return np.zeros(plan.image_shape, np.float32), plan.steps
     return run_plan(plan, backend or run.args.backend), plan.steps  # type: ignore[arg-type]
