@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline as far as it exists, small, on the CPU: describe and condition the real
-# detector images in shared/data into a fresh temporary folder, and print the tables.
+# detector images in shared/data, then simulate a still with the kinematic simulator and
+# condition it too, all in a fresh temporary folder, printing the tables.
 set -euo pipefail
 DATA="${1:-../shared/data}"
 if [ ! -d "$DATA/real" ]; then
@@ -16,6 +17,14 @@ xrais info "${IMAGES[@]}"
 echo "== xrais condition → $OUT"
 xrais condition "${IMAGES[@]}" --out "$OUT" --png
 
+echo "== xrais nanobragg: a lysozyme still on a 1024×1024 PILATUS-pitch detector, Poisson noise from seed 1"
+(cd "$OUT" && xrais nanobragg -cell 79.1 79.1 38.4 90 90 90 -default_F 100 -N 10 -lambda 0.9795 \
+    -distance 150 -pixel 0.172 -detpixels 1024 -oversample 3 -mosaic 0.2 -mosaic_domains 5 -misset 10 20 30 \
+    -seed 1 -floatfile sim.bin -intfile sim.img \
+    -noisefile sim_noise.img -nopgm -noprogress)
+xrais info "$OUT/sim_noise.img"
+xrais condition "$OUT/sim_noise.img" --out "$OUT/simulated" --png
+
 echo "== shards and PNGs"
-ls -l "$OUT" "$OUT/png"
-echo "demo: done; conditioned quadrants in $OUT (look at $OUT/png/*.png)"
+ls -l "$OUT" "$OUT/png" "$OUT/simulated/png"
+echo "demo: done; conditioned quadrants in $OUT (look at $OUT/png/*.png and $OUT/simulated/png/*.png)"

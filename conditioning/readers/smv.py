@@ -78,8 +78,9 @@ class SMVReader(ImageReader):
         pedestal = float(h.get("IMAGE_PEDESTAL", 0))
         detector = Detector.flat(
             image_size=(n_fast, n_slow), pixel_size_mm=px, distance_mm=distance,
-            beam_center_px=(by_mm / px, bx_mm / px), name=f"adsc_{h.get('DETECTOR_SN', 'smv')}",
-            downsample_block=4, trusted_range=(0.0, saturation - 1.0 - pedestal),
+            beam_center_px=(by_mm / px, bx_mm / px),
+            name="nanobragg_smv" if h.get("BEAMLINE") == "fake" else f"adsc_{h.get('DETECTOR_SN', 'smv')}",
+            trusted_range=(0.0, saturation - 1.0 - pedestal),
             serial_number=h.get("DETECTOR_SN", ""),
         )
         beam = Beam(wavelength_A=wavelength)
