@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _machine import cpu_model
 from xrais._version import __version__
 from xrais.conditioning import condition, read_image
 from xrais.conditioning.transform import QUADRANT_ROTATIONS, quadrant_corner_px
@@ -72,14 +73,7 @@ def median_ms(fn, repeat: int, device: str = "cpu") -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"CPU {cpu} ({numba.config.NUMBA_NUM_THREADS} threads available); GPU {gpu}; "
             f"xrais {__version__}, numba {numba.__version__}, torch {torch.__version__}, numpy {np.__version__}, "

@@ -75,6 +75,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from _machine import cpu_model
 from xrais._version import __version__
 from xrais.geometry import Beam, Detector
 from xrais.simulate.crystal import Crystal
@@ -281,14 +282,7 @@ def case_pilatus(exe, tmp: Path, threads: list[int], repeat: int, backend: str, 
 
 
 def machine(nanobragg_src: Path) -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = "none"
     if gpu_usable():
         from numba import cuda

@@ -21,7 +21,7 @@ from xrais.errors import ConfigError
 from xrais.geometry import rotation_matrix
 from xrais.simulate.structure_factors import StructureFactors
 
-__all__ = ["Crystal", "CrystalShape", "reciprocal_matrix_B", "misset_matrix", "validate_cell"]
+__all__ = ["Crystal", "CrystalShape", "reciprocal_matrix_B", "reciprocal_parameters", "misset_matrix", "validate_cell"]
 
 #: Lattice-transform shapes (nanoBragg -square_xtal, -round_xtal, -gauss_xtal, -tophat_spots;
 #: the ``_2022`` forms are the pre-2023 GAUSS/TOPHAT that cctbx simtbx keeps).
@@ -58,6 +58,22 @@ def validate_cell(cell: Sequence[float]) -> tuple[float, float, float, float, fl
     return a, b, c, al, be, ga
 
 
+def reciprocal_parameters(cell: Sequence[float]) -> tuple[float, float, float, float, float, float, float]:
+    """(V, a*, b*, c*, cos α*, cos β*, cos γ*) of a cell: volume in Å³, lengths in Å⁻¹.
+
+    V = 2abc·√|sin σ sin(σ−α) sin(σ−β) sin(σ−γ)| with σ = (α+β+γ)/2; a* = bc·sin α/V;
+    cos α* = (cos β cos γ − cos α)/(sin β sin γ), and cyclically.
+    """
+    a, b, c, al, be, ga = validate_cell(cell)
+    al, be, ga = (math.radians(v) for v in (al, be, ga))
+    s = (al + be + ga) / 2.0
+    volume = 2.0 * a * b * c * math.sqrt(abs(math.sin(s) * math.sin(s - al) * math.sin(s - be) * math.sin(s - ga)))
+    return (volume, b * c * math.sin(al) / volume, c * a * math.sin(be) / volume, a * b * math.sin(ga) / volume,
+            (math.cos(be) * math.cos(ga) - math.cos(al)) / (math.sin(be) * math.sin(ga)),
+            (math.cos(ga) * math.cos(al) - math.cos(be)) / (math.sin(ga) * math.sin(al)),
+            (math.cos(al) * math.cos(be) - math.cos(ga)) / (math.sin(al) * math.sin(be)))
+
+
 def reciprocal_matrix_B(cell: Sequence[float]) -> np.ndarray:
     """Busing–Levy B: columns a*, b*, c* (Å⁻¹) with a* along x and b* in the x–y plane.
 
@@ -72,13 +88,9 @@ def reciprocal_matrix_B(cell: Sequence[float]) -> np.ndarray:
     >>> np.round(np.linalg.norm(m, axis=1), 9).tolist()
     [61.2, 72.5, 84.3]
     """
-    a, b, c, al, be, ga = validate_cell(cell)
-    al, be, ga = (math.radians(v) for v in (al, be, ga))
-    s = (al + be + ga) / 2.0
-    volume = 2.0 * a * b * c * math.sqrt(abs(math.sin(s) * math.sin(s - al) * math.sin(s - be) * math.sin(s - ga)))
-    a_s, b_s, c_s = b * c * math.sin(al) / volume, c * a * math.sin(be) / volume, a * b * math.sin(ga) / volume
-    cos_be_s = (math.cos(ga) * math.cos(al) - math.cos(be)) / (math.sin(ga) * math.sin(al))
-    cos_ga_s = (math.cos(al) * math.cos(be) - math.cos(ga)) / (math.sin(al) * math.sin(be))
+    _, _, c, alpha_deg, _, _ = validate_cell(cell)
+    al = math.radians(alpha_deg)
+    _, a_s, b_s, c_s, _, cos_be_s, cos_ga_s = reciprocal_parameters(cell)
     sin_be_s = math.sqrt(max(0.0, 1.0 - cos_be_s**2))
     sin_ga_s = math.sqrt(max(0.0, 1.0 - cos_ga_s**2))
     return np.array([

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xrais.geometry import Detector, rotation_matrix
-from xrais.simulate.crystal import Crystal, misset_matrix, reciprocal_matrix_B, validate_cell
+from xrais.simulate.crystal import Crystal, misset_matrix, reciprocal_matrix_B, reciprocal_parameters, validate_cell
 from xrais.simulate.mosaic import NANOBRAGG_TO_LAB
 
 __all__ = ["nanobragg_real_space", "nanobragg_crystal", "nanobragg_detector", "cell_of_real_space",
@@ -26,14 +26,8 @@ __all__ = ["nanobragg_real_space", "nanobragg_crystal", "nanobragg_detector", "c
 
 def nanobragg_real_space(cell: Sequence[float], misset_deg: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """Real-space rows a, b, c (Å) exactly as nanoBragg sets them up, in its own frame."""
-    a, b, c, al, be, ga = validate_cell(cell)
-    al_r, be_r, ga_r = (math.radians(v) for v in (al, be, ga))
-    s = (al_r + be_r + ga_r) / 2.0
-    volume = 2.0 * a * b * c * math.sqrt(abs(math.sin(s) * math.sin(s - al_r) * math.sin(s - be_r) * math.sin(s - ga_r)))
-    a_s, b_s, c_s = b * c * math.sin(al_r) / volume, c * a * math.sin(be_r) / volume, a * b * math.sin(ga_r) / volume
-    cos_al_s = (math.cos(be_r) * math.cos(ga_r) - math.cos(al_r)) / (math.sin(be_r) * math.sin(ga_r))
-    cos_be_s = (math.cos(ga_r) * math.cos(al_r) - math.cos(be_r)) / (math.sin(ga_r) * math.sin(al_r))
-    cos_ga_s = (math.cos(al_r) * math.cos(be_r) - math.cos(ga_r)) / (math.sin(al_r) * math.sin(be_r))
+    a, b, c = validate_cell(cell)[:3]
+    volume, a_s, b_s, c_s, cos_al_s, cos_be_s, cos_ga_s = reciprocal_parameters(cell)
     sin_ga_s = math.sqrt(1.0 - cos_ga_s**2)
     recip = np.array([
         [a_s, 0.0, 0.0],
@@ -53,10 +47,7 @@ def nanobragg_shape_basis(cell: Sequence[float], misset_deg: Sequence[float] = (
     V'/V from the exact inverse. Pass it as the plan's ``a0`` to reproduce the program.
     """
     a, b, c = nanobragg_real_space(cell, misset_deg)
-    x, y, z, al, be, ga = validate_cell(cell)
-    al, be, ga = (math.radians(v) for v in (al, be, ga))
-    s = (al + be + ga) / 2.0
-    volume = 2.0 * x * y * z * math.sqrt(abs(math.sin(s) * math.sin(s - al) * math.sin(s - be) * math.sin(s - ga)))
+    volume = reciprocal_parameters(cell)[0]
     basis = np.column_stack([np.cross(b, c), np.cross(c, a), np.cross(a, b)]) / volume
     return np.ascontiguousarray(NANOBRAGG_TO_LAB @ basis)
 
