@@ -54,7 +54,9 @@ def _global(
 def _register_stages() -> None:
     from xrais.conditioning.cli import register as register_conditioning
     from xrais.simulate.cli import register as register_nanobragg
+    from xrais.simulate.cli_dataset import register as register_simulate
 
+    register_simulate(app)
     register_conditioning(app)
     register_nanobragg(app)
 

@@ -1,0 +1,219 @@
+"""``xrais simulate``: a labelled training set written as HDF5 shards, resumable, over MPI ranks.
+
+Image ``i`` is made by rank ``i mod R`` from its own seed (:func:`xrais.simulate.sampler.image_seed`),
+conditioned (max-pool, sqrt, quadrants) and written with its labels to the rank's shards
+``sim_rRRRR_NNNNN.h5`` (see :mod:`xrais.io`). A killed run keeps its complete shards; run again
+with the same arguments it makes only the missing images, bit-identical to an uninterrupted run
+(any number of ranks). Rank 0 writes ``manifest.json`` at the end. A crystal file that cannot be
+read is skipped with a warning and recorded in ``failures_rRRRR.tsv``; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from xrais._version import __version__
+from xrais.conditioning.transform import condition_pixels
+from xrais.errors import ConfigError, XraisError
+from xrais.io import ShardWriter, read_shard
+from xrais.simulate.config import SimulationConfig
+from xrais.simulate.image import SimulatedImage, simulate_image
+from xrais.simulate.sampler import list_structures, sample_image
+
+__all__ = ["SimulationReport", "simulate_dataset", "write_minicbf", "done_indices", "RUN_FILE"]
+
+log = logging.getLogger(__name__)
+
+#: The run description every rank checks before adding to a folder.
+RUN_FILE = "simulation.json"
+
+
+@dataclass
+class SimulationReport:
+    """What one rank did."""
+
+    rank: int
+    made: list[int] = field(default_factory=list)
+    skipped_done: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("structure_factors", "render", "background", "detector_effects", "condition", "write"), 0.0))
+
+
+def done_indices(out_dir: Path) -> set[int]:
+    """Image indices already in complete shards of ``out_dir``."""
+    done: set[int] = set()
+    for shard in sorted(out_dir.glob("sim_r*_*.h5")):
+        _, cols, _ = read_shard(shard, images=False)
+        done.update(int(v) for v in cols["source/index"])
+    return done
+
+
+def _check_run_file(out_dir: Path, description: dict[str, Any], rank: int, comm: Any) -> None:
+    path = out_dir / RUN_FILE
+    if rank == 0 and not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(description, indent=1))
+        tmp.replace(path)
+    if comm is not None:
+        comm.Barrier()
+    existing = json.loads(path.read_text())
+    mismatch = [k for k in ("seed", "config") if existing.get(k) != description.get(k)]
+    if mismatch:
+        raise ConfigError(f"{out_dir}: holds a set made with a different {' and '.join(mismatch)}; "
+                          "resume with the same arguments or use a new --out folder")
+
+
+def write_minicbf(path: Path, image: SimulatedImage) -> Path:
+    """The raw frame as a PILATUS-style miniCBF (fabio) that fabio, DIALS and xrais read."""
+    from fabio.cbfimage import CbfImage
+
+    det, beam = image.detector, image.beam
+    px = det.pixel_size_mm[0]
+    cutoff = int(det.trusted_range[1]) + 1
+    text = "\r\n".join([
+        f"# Detector: {det.name} (simulated by xrais {__version__}), S/N 0",
+        f"# Pixel_size {px * 1e-3:.6g} m x {det.pixel_size_mm[1] * 1e-3:.6g} m",
+        f"# Silicon sensor, thickness {det.panels[0].thickness_mm * 1e-3:.6f} m",
+        "# Exposure_time 1.0 s",
+        f"# Count_cutoff {cutoff} counts",
+        f"# Wavelength {beam.wavelength_A:.6f} A",
+        f"# Detector_distance {det.distance_mm * 1e-3:.6f} m",
+        f"# Beam_xy ({image.beam_center_px[0]:.3f}, {image.beam_center_px[1]:.3f}) pixels",
+        f"# Polarization {beam.polarization_fraction:.3f}",
+        "",
+    ])
+    header = {"_array_data.header_convention": "PILATUS_1.2", "_array_data.header_contents": text}
+    CbfImage(data=np.asarray(image.raw, dtype=np.int32), header=header).write(str(path))
+    return path
+
+
+def _columns(image: SimulatedImage, quadrants: int) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {f"labels/{k}": [v] * quadrants for k, v in image.labels.items()}
+    det = image.detector
+    cols.update({
+        "source/index": [image.parameters.index] * quadrants,
+        "source/seed": [image.parameters.seed] * quadrants,
+        "source/quadrant": list(range(quadrants)),
+        "geometry/distance_mm": [det.distance_mm] * quadrants,
+        "geometry/wavelength_A": [image.beam.wavelength_A] * quadrants,
+        "geometry/pixel_mm": [det.pixel_size_mm[0]] * quadrants,
+        "geometry/downsample": [det.downsample_block] * quadrants,
+        "geometry/beam_center_fast_px": [image.beam_center_px[0]] * quadrants,
+        "geometry/beam_center_slow_px": [image.beam_center_px[1]] * quadrants,
+    })
+    return cols
+
+
+def simulate_dataset(
+    config: SimulationConfig,
+    n_images: int,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    backend: str = "auto",
+    comm: Any = None,
+    save_raw: str | None = None,
+    on_image: Callable[[int, str], None] | None = None,
+) -> SimulationReport:
+    """Make images 0 … n_images−1 (this rank's share) into ``out_dir``.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+    n_images : int
+        Size of the whole set (all ranks).
+    out_dir : path
+        Output folder; resuming needs the same seed and configuration.
+    seed : int
+        Seed of the set.
+    backend : {"auto", "numba", "cuda"}
+    comm : mpi4py communicator, optional
+        Splits the images between ranks; None: this process makes them all.
+    save_raw : {"cbf"}, optional
+        Also write each raw frame to ``out_dir/raw/``.
+    on_image : callable, optional
+        Called with (index, "ok" | "failed: …") after each image (progress display).
+    """
+    if n_images < 1:
+        raise ConfigError(f"--n-images {n_images}: expected ≥ 1")
+    if save_raw not in (None, "cbf"):
+        raise ConfigError(f"--save-raw {save_raw!r}: expected 'cbf'")
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    structures = list_structures(config.structures_dir)
+    if config.structures_dir is not None and not structures:
+        raise ConfigError(f"structures_dir {config.structures_dir}: no PDB/mmCIF files found")
+    description = {"seed": int(seed), "config": json.loads(config.to_json()), "xrais_version": __version__}
+    _check_run_file(out, description, rank, comm)
+    done = done_indices(out)
+    report = SimulationReport(rank=rank)
+    mine = [i for i in range(rank, n_images, size)]
+    report.skipped_done = sum(i in done for i in mine)
+    if save_raw:
+        (out / "raw").mkdir(exist_ok=True)
+    attrs = {"config": description["config"], "seed": int(seed), "rank": rank}
+    writer = ShardWriter(out, f"sim_r{rank:04d}", shard_size=config.shard_size * config.quadrants, attrs=attrs)
+    failures = out / f"failures_r{rank:04d}.tsv"
+    try:
+        for i in mine:
+            if i in done:
+                continue
+            params = sample_image(config, seed, i, structures)
+            try:
+                image = simulate_image(config, params, backend=backend)
+            except (XraisError, OSError, RuntimeError, ValueError) as exc:
+                message = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")
+                log.warning("image %d (%s) skipped: %s", i, params.structure, message)
+                with failures.open("a") as fh:
+                    fh.write(f"{i}\t{params.structure}\t{message}\n")
+                report.failed.append((i, message))
+                if on_image:
+                    on_image(i, f"failed: {message}")
+                continue
+            t1 = time.perf_counter()
+            quads = condition_pixels(image.raw, image.beam_center_px, image.detector.downsample_block,
+                                     config.quadrants, image.raw < 0)
+            t2 = time.perf_counter()
+            writer.add(quads, _columns(image, config.quadrants))
+            if save_raw == "cbf":
+                write_minicbf(out / "raw" / f"sim_{i:07d}.cbf", image)
+            t3 = time.perf_counter()
+            for stage, value in image.seconds.items():
+                report.seconds[stage] += value
+            report.seconds["condition"] += t2 - t1
+            report.seconds["write"] += t3 - t2
+            report.made.append(i)
+            if on_image:
+                on_image(i, "ok")
+    finally:
+        writer.close()
+        report.shards = writer.written
+    if comm is not None:
+        comm.Barrier()
+    if rank == 0:
+        _write_manifest(out, n_images)
+    return report
+
+
+def _write_manifest(out: Path, n_images: int) -> None:
+    shards = sorted(out.glob("sim_r*_*.h5"))
+    entries, total = [], 0
+    for shard in shards:
+        _, cols, _ = read_shard(shard, images=False)
+        rows = len(cols["source/index"])
+        total += rows
+        entries.append({"file": shard.name, "rows": rows})
+    manifest = {"n_images_requested": n_images, "rows": total, "shards": entries, "xrais_version": __version__}
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / "manifest.json")

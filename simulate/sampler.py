@@ -1,0 +1,172 @@
+"""Drawing the physical parameters of one training image, and its labels.
+
+Image ``i`` of a set made with seed ``S`` is drawn from its own generator,
+``numpy.random.default_rng(SeedSequence(S, spawn_key=(i,)))``, so any image can be remade
+from (S, i) alone, whichever process makes it and in whatever order. Resolution labels come
+from the B factor through B = 4·d² + 12 (Holton 2009): d is drawn uniformly in the configured
+range and the model target is 1/d.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from xrais.geometry import DETECTOR_CATALOG
+from xrais.simulate.config import SimulationConfig
+
+__all__ = ["ImageParameters", "sample_image", "image_seed", "b_factor_from_resolution", "random_cell",
+           "random_rotation", "list_structures"]
+
+
+def b_factor_from_resolution(d_A: float) -> float:
+    """B = 4·d² + 12 (Å²): the PDB-derived relation of Holton (2009) that XRAIS uses."""
+    return 4.0 * d_A * d_A + 12.0
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of image ``index`` in a set made with ``seed``."""
+    state = np.random.SeedSequence(int(seed), spawn_key=(int(index),)).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix uniform on SO(3) (from a uniform unit quaternion)."""
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def random_cell(space_group: str, volume_A3: float, rng: np.random.Generator) -> tuple[float, ...]:
+    """A cell of the given volume obeying the space group's crystal system (edge ratios within 1:2)."""
+    import gemmi
+
+    system = gemmi.SpaceGroup(space_group).crystal_system_str()
+    ratios = rng.uniform(0.6, 1.6, size=3)
+    al = be = ga = 90.0
+    if system == "triclinic":
+        al, be, ga = rng.uniform(70.0, 110.0, size=3)
+    elif system == "monoclinic":
+        be = rng.uniform(90.0, 120.0)
+    elif system in ("tetragonal",):
+        ratios[1] = ratios[0]
+    elif system in ("trigonal", "hexagonal"):
+        ratios[1] = ratios[0]
+        ga = 120.0
+    elif system == "cubic":
+        ratios[:] = ratios[0]
+    if space_group.endswith(":R"):  # rhombohedral axes
+        ratios[:] = ratios[0]
+        al = be = ga = rng.uniform(60.0, 100.0)
+    cell = gemmi.UnitCell(*ratios, al, be, ga)
+    scale = (volume_A3 / cell.volume) ** (1.0 / 3.0)
+    return tuple(float(v) for v in (*(ratios * scale), al, be, ga))
+
+
+def list_structures(folder: str | Path | None) -> list[Path]:
+    """PDB and mmCIF files in ``folder`` (sorted), or [] for the random-atom default."""
+    if folder is None:
+        return []
+    suffixes = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz", ".ent.gz")
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+
+
+@dataclass(frozen=True)
+class ImageParameters:
+    """Everything drawn for one image (each field is also a label column)."""
+
+    index: int
+    seed: int
+    detector: str
+    distance_mm: float
+    beam_center_fast_px: float
+    beam_center_slow_px: float
+    wavelength_A: float
+    resolution_A: float
+    b_factor_A2: float
+    n_lattices: int
+    lattice_sigma_deg: float
+    lattice_axes: tuple[tuple[float, float, float], ...]
+    lattice_angles_deg: tuple[float, ...]
+    domain_size_um: float
+    mosaic_spread_deg: float
+    space_group: str
+    cell: tuple[float, ...]
+    orientation: tuple[float, ...]
+    structure: str
+    background_scale: float
+    parasitic_material: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def U(self) -> np.ndarray:
+        """Orientation of the first lattice (3×3)."""
+        return np.asarray(self.orientation).reshape(3, 3)
+
+    def labels(self) -> dict[str, Any]:
+        """Flat label columns: numbers, and short strings for names."""
+        d = asdict(self)
+        out: dict[str, Any] = {k: v for k, v in d.items() if not isinstance(v, (tuple, list, dict))}
+        out["inv_resolution_per_A"] = 1.0 / self.resolution_A
+        for i, name in enumerate(("cell_a_A", "cell_b_A", "cell_c_A", "cell_alpha_deg", "cell_beta_deg",
+                                  "cell_gamma_deg")):
+            out[name] = self.cell[i]
+        for i in range(9):
+            out[f"U_{i // 3}{i % 3}"] = self.orientation[i]
+        for j in range(3):
+            out[f"lattice{j + 1}_angle_deg"] = self.lattice_angles_deg[j] if j < len(self.lattice_angles_deg) else 0.0
+        out.update(self.extra)
+        return out
+
+
+def sample_image(config: SimulationConfig, seed: int, index: int, structures: Sequence[Path] = ()) -> ImageParameters:
+    """Draw image ``index`` of the set made with ``seed`` (deterministic)."""
+    s = image_seed(seed, index)
+    rng = np.random.default_rng(s)
+    det_name = str(rng.choice(config.detector_choices))
+    entry = DETECTOR_CATALOG[det_name]
+    n_fast, n_slow = entry.image_size
+    offset_px = config.beam_center_offset_mm / entry.pixel_size_mm
+    beam_f = n_fast / 2.0 + rng.uniform(-offset_px, offset_px)
+    beam_s = n_slow / 2.0 + rng.uniform(-offset_px, offset_px)
+    distance = float(rng.uniform(*config.distance_mm_range))
+    d_label = float(rng.uniform(*config.resolution_A_range))
+    weights = np.asarray(config.lattice_weights, dtype=float)
+    n_lattices = int(rng.choice([1, 2, 3], p=weights / weights.sum()))
+    sigma = float(rng.choice(config.lattice_sigma_deg_choices))
+    axes, angles = [], []
+    for _ in range(n_lattices - 1):
+        v = rng.normal(size=3)
+        axes.append(tuple(float(x) for x in v / np.linalg.norm(v)))
+        angles.append(float(rng.normal(0.0, sigma)))
+    domain = float(rng.choice(config.domain_size_um_choices))
+    spread = float(rng.uniform(*config.mosaic_spread_deg_range))
+    if structures:
+        structure = str(structures[int(rng.integers(len(structures)))])
+        space_group, cell = "", ()
+    else:
+        structure = "random-atom"
+        space_group = str(rng.choice(config.space_group_choices))
+        lo, hi = config.cell_volume_A3_range
+        volume = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        cell = random_cell(space_group, volume, rng)
+    u = random_rotation(rng)
+    bg = config.background
+    scale = float(rng.uniform(*bg.scale_range))
+    parasitic = str(rng.choice(bg.parasitic_choices)) if bg.parasitic_choices else ""
+    return ImageParameters(
+        index=int(index), seed=s, detector=det_name, distance_mm=distance, beam_center_fast_px=float(beam_f),
+        beam_center_slow_px=float(beam_s), wavelength_A=config.wavelength_A, resolution_A=d_label,
+        b_factor_A2=b_factor_from_resolution(d_label), n_lattices=n_lattices, lattice_sigma_deg=sigma,
+        lattice_axes=tuple(axes), lattice_angles_deg=tuple(angles), domain_size_um=domain, mosaic_spread_deg=spread,
+        space_group=space_group, cell=tuple(cell), orientation=tuple(float(x) for x in u.ravel()),
+        structure=structure, background_scale=scale, parasitic_material=parasitic,
+    )
