@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline as far as it exists, small, on the CPU: describe and condition the real
 # detector images in shared/data, then simulate a still with the kinematic simulator and
-# condition it too, all in a fresh temporary folder, printing the tables.
+# condition it, then make a small labelled training set, all in a fresh temporary folder.
 set -euo pipefail
 DATA="${1:-../shared/data}"
 if [ ! -d "$DATA/real" ]; then
@@ -25,6 +25,10 @@ echo "== xrais nanobragg: a lysozyme still on a 1024×1024 PILATUS-pitch detecto
 xrais info "$OUT/sim_noise.img"
 xrais condition "$OUT/sim_noise.img" --out "$OUT/simulated" --png
 
+echo "== xrais simulate: 3 labelled PILATUS 6M training images (XRAIS Appendix A defaults), then one shown"
+xrais simulate --n-images 3 --out "$OUT/training" --seed 1 --backend numba
+xrais show "$OUT/training/sim_r0000_00000.h5" --index 0 --out "$OUT/training/image0.png"
+
 echo "== shards and PNGs"
-ls -l "$OUT" "$OUT/png" "$OUT/simulated/png"
+ls -l "$OUT" "$OUT/png" "$OUT/simulated/png" "$OUT/training"
 echo "demo: done; conditioned quadrants in $OUT (look at $OUT/png/*.png and $OUT/simulated/png/*.png)"

@@ -22,6 +22,25 @@ def mpi_world() -> Any:
     return MPI.COMM_WORLD
 
 
+def _share_gpus(comm: Any) -> None:
+    """Give each rank of a node one of the node's GPUs in turn (several ranks may share one)."""
+    from xrais.simulate.kernel_cuda import cuda_available
+
+    if not cuda_available():
+        return
+    from numba import cuda
+
+    local = comm.Split_type(split_type=1).Get_rank()  # MPI.COMM_TYPE_SHARED: ranks on this node
+    device = local % len(cuda.gpus)
+    cuda.select_device(device)
+    try:
+        import cupy
+
+        cupy.cuda.Device(device).use()
+    except ImportError:
+        pass
+
+
 def simulate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for the HDF5 shards."),
     n_images: int = typer.Option(0, "--n-images", "-n", help="Images in the whole set (all ranks)."),
@@ -29,7 +48,7 @@ def simulate(
     preset: str = typer.Option("resolution", "--preset", help="Starting point: resolution or multilattice."),
     seed: int = typer.Option(0, "--seed", help="Seed of the set: image i is remade from (seed, i)."),
     backend: str = typer.Option("auto", "--backend", help="auto, numba (CPU) or cuda (GPU)."),
-    save_raw: Optional[str] = typer.Option(None, "--save-raw", help="Also write raw frames: cbf."),
+    save_raw: Optional[str] = typer.Option(None, "--save-raw", help="Also write raw frames: cbf (miniCBF) or nxs (NXmx HDF5)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the full configuration as TOML and exit."),
 ) -> None:
     """Simulate a labelled training set (XRAIS Appendix A by default) into HDF5 shards.
@@ -54,6 +73,8 @@ def simulate(
     comm = mpi_world()
     rank = comm.Get_rank() if comm is not None else 0
     size = comm.Get_size() if comm is not None else 1
+    if comm is not None and backend in ("auto", "cuda"):
+        _share_gpus(comm)
     share = len(range(rank, n_images, size))
     if comm is None:
         progress = Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from xrais.simulate.config import SimulationConfig
 from xrais.simulate.image import SimulatedImage, simulate_image
 from xrais.simulate.sampler import list_structures, sample_image
 
-__all__ = ["SimulationReport", "simulate_dataset", "write_minicbf", "done_indices", "RUN_FILE"]
+__all__ = ["SimulationReport", "simulate_dataset", "write_minicbf", "write_nxmx", "done_indices", "check_disk_space",
+           "RUN_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,61 @@ def write_minicbf(path: Path, image: SimulatedImage) -> Path:
     return path
 
 
+def write_nxmx(path: Path, image: SimulatedImage) -> Path:
+    """The raw frame as a single-file NXmx HDF5 (bitshuffle-LZ4 via hdf5plugin) that xrais and DIALS read."""
+    import h5py
+    import hdf5plugin
+
+    det, beam = image.detector, image.beam
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry["definition"] = "NXmx"
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        data.create_dataset("data", data=np.asarray(image.raw, dtype=np.int32)[None], chunks=(1, *image.raw.shape),
+                            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+        instrument = entry.create_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        b = instrument.create_group("beam")
+        b.attrs["NX_class"] = "NXbeam"
+        b.create_dataset("incident_wavelength", data=beam.wavelength_A).attrs["units"] = "angstrom"
+        d = instrument.create_group("detector")
+        d.attrs["NX_class"] = "NXdetector"
+        d["description"] = f"{det.name} (simulated by xrais {__version__})"
+        d.create_dataset("detector_distance", data=det.distance_mm * 1e-3).attrs["units"] = "m"
+        d.create_dataset("beam_center_x", data=image.beam_center_px[0]).attrs["units"] = "pixel"
+        d.create_dataset("beam_center_y", data=image.beam_center_px[1]).attrs["units"] = "pixel"
+        d.create_dataset("x_pixel_size", data=det.pixel_size_mm[0] * 1e-3).attrs["units"] = "m"
+        d.create_dataset("y_pixel_size", data=det.pixel_size_mm[1] * 1e-3).attrs["units"] = "m"
+        d.create_dataset("saturation_value", data=int(det.trusted_range[1]))
+        d.create_dataset("pixel_mask", data=det.gap_mask().astype(np.uint32))
+    tmp.replace(path)
+    return path
+
+
+def check_disk_space(out: Path, n_images: int, config: SimulationConfig, save_raw: str | None) -> None:
+    """Refuse to start when the folder's disk cannot hold the set (a rough upper estimate).
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder, the space needed and the space free.
+    """
+    import shutil
+
+    per_image = config.quadrants * 512 * 512 * 0.5 + 20_000  # compressed quadrants + label columns, bytes
+    if save_raw:
+        from xrais.geometry import DETECTOR_CATALOG
+
+        per_image += max(math.prod(DETECTOR_CATALOG[d].image_size) for d in config.detector_choices) * 1.5
+    need = per_image * n_images
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise ConfigError(f"{out}: the set needs about {need / 1e9:.2f} GB and the disk has {free / 1e9:.2f} GB free")
+
+
 def _columns(image: SimulatedImage, quadrants: int) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {f"labels/{k}": [v] * quadrants for k, v in image.labels.items()}
     det = image.detector
@@ -138,21 +195,22 @@ def simulate_dataset(
     backend : {"auto", "numba", "cuda"}
     comm : mpi4py communicator, optional
         Splits the images between ranks; None: this process makes them all.
-    save_raw : {"cbf"}, optional
+    save_raw : {"cbf", "nxs"}, optional
         Also write each raw frame to ``out_dir/raw/``.
     on_image : callable, optional
         Called with (index, "ok" | "failed: …") after each image (progress display).
     """
     if n_images < 1:
         raise ConfigError(f"--n-images {n_images}: expected ≥ 1")
-    if save_raw not in (None, "cbf"):
-        raise ConfigError(f"--save-raw {save_raw!r}: expected 'cbf'")
+    if save_raw not in (None, "cbf", "nxs"):
+        raise ConfigError(f"--save-raw {save_raw!r}: expected 'cbf' or 'nxs'")
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     structures = list_structures(config.structures_dir)
     if config.structures_dir is not None and not structures:
         raise ConfigError(f"structures_dir {config.structures_dir}: no PDB/mmCIF files found")
+    check_disk_space(out, n_images, config, save_raw)
     description = {"seed": int(seed), "config": json.loads(config.to_json()), "xrais_version": __version__}
     _check_run_file(out, description, rank, comm)
     done = done_indices(out)
@@ -187,6 +245,8 @@ def simulate_dataset(
             writer.add(quads, _columns(image, config.quadrants))
             if save_raw == "cbf":
                 write_minicbf(out / "raw" / f"sim_{i:07d}.cbf", image)
+            elif save_raw == "nxs":
+                write_nxmx(out / "raw" / f"sim_{i:07d}.nxs", image)
             t3 = time.perf_counter()
             for stage, value in image.seconds.items():
                 report.seconds[stage] += value

@@ -131,6 +131,33 @@ def test_raw_cbf_reads_back_with_its_geometry(tmp_path):
     assert image.beam.wavelength_A == pytest.approx(0.9795)
 
 
+def test_raw_nxmx_reads_back(tmp_path):
+    simulate_dataset(small_config(), 1, tmp_path, seed=5, backend="numba", save_raw="nxs")
+    image = read_image(tmp_path / "raw" / "sim_0000000.nxs")
+    cbf_free = simulate_image(small_config(), sample_image(small_config(), 5, 0), backend="numba")
+    np.testing.assert_array_equal(image.pixels, cbf_free.raw)
+    assert image.format == "nxmx" and image.detector.distance_mm == pytest.approx(cbf_free.detector.distance_mm)
+    assert image.beam_center_px == pytest.approx(cbf_free.beam_center_px)
+    assert image.mask[cbf_free.raw == -1].all()
+
+
+def test_bad_input_stops_before_any_work(tmp_path, monkeypatch):
+    import shutil as _shutil
+    from collections import namedtuple
+
+    from xrais.errors import ConfigError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(ConfigError, match=r"needs about .* GB and the disk has 0.00 GB free"):
+        simulate_dataset(small_config(), 100, tmp_path / "full", seed=1, backend="numba")
+    assert not list((tmp_path / "full").glob("*.h5"))
+    with pytest.raises(ConfigError, match="--save-raw 'tif'"):
+        simulate_dataset(small_config(), 1, tmp_path / "x", save_raw="tif")
+    with pytest.raises(ConfigError, match="no PDB/mmCIF files"):
+        simulate_dataset(small_config(structures_dir=str(tmp_path)), 1, tmp_path / "y")
+
+
 def test_a_bad_crystal_file_is_skipped_and_recorded(tmp_path, shared_data):
     structures = tmp_path / "structures"
     structures.mkdir()
