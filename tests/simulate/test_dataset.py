@@ -200,3 +200,26 @@ def test_cli_print_config_and_show(small_set, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["show", str(shard), "--index", "99"])
     assert exit_info.value.code == 1 and "row 99 out of range" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_set(small_set, tmp_path):
+    """SIGKILL a real run after its first shard, run it again: the same images as without the kill."""
+    import signal
+    import time
+
+    out, _ = small_set
+    config = tmp_path / "small.toml"
+    config.write_text(small_config().to_toml())
+    target = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "xrais.cli", "simulate", "--config", str(config), "--n-images", "5", "--out",
+           str(target), "--seed", "11", "--backend", "numba"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(target.glob("sim_r*_*.h5")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert done_indices(target)  # the first shard survived the kill
+    simulate_dataset(small_config(), 5, target, seed=11, backend="numba")
+    np.testing.assert_array_equal(_all_rows(target)[0], _all_rows(out)[0])
+    assert _all_rows(target)[1]["source/index"].tolist() == [0, 1, 2, 3, 4]
