@@ -24,6 +24,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_conditioning.py --data "$(DATA)"
+	$(PY) benchmarks/bench_simulator.py --shared "$(DATA)/.."
+	$(PY) benchmarks/bench_simulate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
