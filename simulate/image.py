@@ -109,7 +109,8 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
     for r in rotations:
         lattice = replace(base, U=r @ base.U)
         photons += render(lattice, beam, detector, oversample=config.oversample, backend=backend,
-                          divergence_steps=config.divergence_steps, check_reflections=False)
+                          divergence_steps=config.divergence_steps, check_reflections=False,
+                          method=config.render_method, tolerance=config.render_tolerance)
     photons *= crystal_scale
     lap("render")
     bg = config.background

@@ -116,12 +116,30 @@ def choose_backend(backend: Backend) -> str:
     raise ConfigError(f"backend {backend!r}: expected 'auto', 'numba' or 'cuda'")
 
 
-def run_plan(plan: KernelPlan, backend: Backend = "auto") -> np.ndarray:
-    """Render a plan; float32 image of shape ``plan.image_shape`` (photons)."""
+def run_plan(plan: KernelPlan, backend: Backend = "auto", *, method: str = "brute",
+             tolerance: float = 1e-3) -> np.ndarray:
+    """Render a plan; float32 image of shape ``plan.image_shape`` (photons).
+
+    ``method="brute"`` evaluates every pixel with every orientation and source;
+    ``method="spots"`` the same per-pixel physics only where an orientation's lattice transform
+    is at least ``tolerance`` × its peak (:mod:`xrais.simulate.kernel_spots`).
+    """
+    if method not in ("brute", "spots"):
+        raise ConfigError(f"method {method!r}: expected 'brute' or 'spots'")
+    if method == "spots" and not 0.0 < tolerance < 1.0:
+        raise ConfigError(f"tolerance {tolerance!r}: expected 0 < tolerance < 1")
     if choose_backend(backend) == "cuda":
+        if method == "spots":
+            from xrais.simulate.kernel_spots import render_spots_cuda
+
+            return render_spots_cuda(plan, tolerance)
         from xrais.simulate.kernel_cuda import render_cuda
 
         return render_cuda(plan)
+    if method == "spots":
+        from xrais.simulate.kernel_spots import render_spots_cpu
+
+        return render_spots_cpu(plan, tolerance)
     from xrais.simulate.kernel_cpu import render_cpu
 
     return render_cpu(plan)

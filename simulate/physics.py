@@ -35,6 +35,10 @@ __all__ = [
     "structure_factor_lookup",
     "pixel_intensity",
     "pixel_value",
+    "orientation_intensity",
+    "sample_position",
+    "spot_pixel_value",
+    "pixel_background",
     "SHAPE_SQUARE",
     "SHAPE_ROUND",
     "SHAPE_GAUSS",
@@ -252,3 +256,137 @@ def pixel_value(p: int, fi: int, si: int, panels, sources, orientations, a0, sha
     else:
         bg = background * weight_sum / (n * n * sources.shape[0])
     return scale * (acc / steps + bg)
+
+
+@register_jitable
+def orientation_intensity(px: float, py: float, pz: float, ix: float, iy: float, iz: float, wavelength_A: float,
+                          m, a0, shape: int, na: float, nb: float, nc: float, fudge: float, grid, hmin: int,
+                          kmin: int, lmin: int, default_f: float, inv_dmin: float) -> float:
+    """|F(h₀)|²·F_latt² at one sub-pixel position and one source for ONE orientation ``m`` (3×3 rows a, b, c).
+
+    The term that :func:`pixel_intensity` sums over orientations (spot-centric rendering
+    evaluates it only where it is not negligible).
+    """
+    r = math.sqrt(px * px + py * py + pz * pz)
+    dx, dy, dz = px / r, py / r, pz / r
+    sx = (dx - ix) / wavelength_A
+    sy = (dy - iy) / wavelength_A
+    sz = (dz - iz) / wavelength_A
+    if inv_dmin > 0.0 and math.sqrt(sx * sx + sy * sy + sz * sz) > inv_dmin:
+        return 0.0
+    h = m[0, 0] * sx + m[0, 1] * sy + m[0, 2] * sz
+    k = m[1, 0] * sx + m[1, 1] * sy + m[1, 2] * sz
+    l = m[2, 0] * sx + m[2, 1] * sy + m[2, 2] * sz
+    h0 = math.ceil(h - 0.5)
+    k0 = math.ceil(k - 0.5)
+    l0 = math.ceil(l - 0.5)
+    ddh, ddk, ddl = h - h0, k - k0, l - l0
+    qx = ddh * a0[0, 0] + ddk * a0[0, 1] + ddl * a0[0, 2]
+    qy = ddh * a0[1, 0] + ddk * a0[1, 1] + ddl * a0[1, 2]
+    qz = ddh * a0[2, 0] + ddk * a0[2, 1] + ddl * a0[2, 2]
+    f_latt = lattice_factor(shape, h, k, l, na, nb, nc, qx, qy, qz, fudge)
+    f_cell = structure_factor_lookup(grid, hmin, kmin, lmin, default_f, h0, k0, l0)
+    return f_cell * f_cell * f_latt * f_latt
+
+
+@register_jitable
+def sample_position(panels, p: int, fi: int, si: int, sub_f: int, sub_s: int, n: int):
+    """Lab position (mm) of sub-pixel (sub_f, sub_s) of an n×n grid in pixel (fi, si) of panel p."""
+    df = (fi + (sub_f + 0.5) / n) * panels[p, 9]
+    ds = (si + (sub_s + 0.5) / n) * panels[p, 10]
+    px = panels[p, 0] + df * panels[p, 3] + ds * panels[p, 6]
+    py = panels[p, 1] + df * panels[p, 4] + ds * panels[p, 7]
+    pz = panels[p, 2] + df * panels[p, 5] + ds * panels[p, 8]
+    return px, py, pz
+
+
+@register_jitable
+def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, panels, sources, orientations, a0, shape: int,
+                     na: float, nb: float, nc: float, fudge: float, grid, hmin: int, kmin: int, lmin: int,
+                     default_f: float, inv_dmin: float, oversample: int, kahn: float, pol_ex: float, pol_ey: float,
+                     pol_ez: float, flags: int, scale: float, steps: float) -> float:
+    """The part of :func:`pixel_value` that comes from orientation ``o`` and source ``j`` alone (no background).
+
+    Summed over every (o, j) and added to :func:`pixel_background` it is :func:`pixel_value`.
+    With flags 1/2 (Ω, polarization once per pixel) the weight is taken at the first
+    sub-pixel with the first source, as :func:`pixel_value` does.
+    """
+    omega_once = (flags & 1) != 0
+    polar_once = (flags & 2) != 0
+    point_pixel = (flags & 4) != 0
+    no_polar = (flags & 8) != 0
+    n = oversample
+    ix, iy, iz, lam = sources[j, 0], sources[j, 1], sources[j, 2], sources[j, 3]
+    omega0 = 0.0
+    polar0 = 1.0
+    if omega_once or polar_once:
+        qx, qy, qz = sample_position(panels, p, fi, si, 0, 0, n)
+        omega0 = solid_angle(qx, qy, qz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
+        if not no_polar:
+            rq = math.sqrt(qx * qx + qy * qy + qz * qz)
+            polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], qx / rq, qy / rq, qz / rq,
+                                         pol_ex, pol_ey, pol_ez)
+    m = orientations[o]
+    acc = 0.0
+    for sub_s in range(n):
+        for sub_f in range(n):
+            px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
+            value = orientation_intensity(px, py, pz, ix, iy, iz, lam, m, a0, shape, na, nb, nc, fudge, grid, hmin,
+                                          kmin, lmin, default_f, inv_dmin)
+            if value == 0.0:
+                continue
+            if omega_once:
+                omega = omega0
+            else:
+                omega = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
+            if no_polar:
+                polar = 1.0
+            elif polar_once:
+                polar = polar0
+            else:
+                r = math.sqrt(px * px + py * py + pz * pz)
+                polar = polarization_factor(kahn, ix, iy, iz, px / r, py / r, pz / r, pol_ex, pol_ey, pol_ez)
+            acc += omega * polar * value
+    return scale * acc / steps
+
+
+@register_jitable
+def pixel_background(p: int, fi: int, si: int, panels, sources, oversample: int, kahn: float, pol_ex: float,
+                     pol_ey: float, pol_ez: float, flags: int, scale: float, background: float,
+                     steps: float) -> float:
+    """The background term of :func:`pixel_value` alone (scale · background · mean Ω·P, or nanoBragg's)."""
+    if background == 0.0:
+        return 0.0
+    omega_once = (flags & 1) != 0
+    polar_once = (flags & 2) != 0
+    point_pixel = (flags & 4) != 0
+    no_polar = (flags & 8) != 0
+    n = oversample
+    px, py, pz = sample_position(panels, p, fi, si, 0, 0, n)
+    r = math.sqrt(px * px + py * py + pz * pz)
+    omega0 = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
+    polar0 = 1.0
+    if not no_polar:
+        polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], px / r, py / r, pz / r,
+                                     pol_ex, pol_ey, pol_ez)
+    if (flags & 16) != 0:
+        return scale * background * omega0 * polar0 / steps
+    weight_sum = 0.0
+    for sub_s in range(n):
+        for sub_f in range(n):
+            px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
+            r = math.sqrt(px * px + py * py + pz * pz)
+            for j in range(sources.shape[0]):
+                if omega_once:
+                    omega = omega0
+                else:
+                    omega = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
+                if no_polar:
+                    polar = 1.0
+                elif polar_once:
+                    polar = polar0
+                else:
+                    polar = polarization_factor(kahn, sources[j, 0], sources[j, 1], sources[j, 2], px / r, py / r,
+                                                pz / r, pol_ex, pol_ey, pol_ez)
+                weight_sum += omega * polar
+    return scale * background * weight_sum / (n * n * sources.shape[0])

@@ -188,6 +188,8 @@ def render(
     oversample: int = 1,
     backend: Backend = "auto",
     seed: int | None = None,
+    method: str = "brute",
+    tolerance: float = 1e-3,
     **options: Any,
 ) -> np.ndarray:
     """Simulate a still (or an oscillation) image in photons per pixel.
@@ -208,6 +210,13 @@ def render(
         Where to compute; the same physics and the same numbers to float32 tolerance.
     seed : int, optional
         Mosaic-domain seed, replacing ``crystal.mosaic_seed``.
+    method : {"brute", "spots"}
+        ``brute``: every pixel with every orientation and source. ``spots``: the same
+        per-pixel physics, each orientation and source evaluated only on the pixels near its
+        Bragg spots, where F_latt² ≥ ``tolerance`` × its peak (the background term on every
+        pixel); much faster for large domains and detectors.
+    tolerance : float
+        Relative lattice-transform level below which ``method="spots"`` neglects a term.
     **options
         ``phi_start_deg``, ``osc_deg``, ``phi_steps`` (spindle rotation), ``divergence_steps``,
         ``dispersion_steps``, ``square_divergence``, ``polarization`` (False: factor 1),
@@ -229,4 +238,4 @@ def render(
     plan = render_plan(crystal, beam, detector, oversample=oversample, seed=seed, **options)
     if math.prod(plan.image_shape) == 0:
         return np.zeros(plan.image_shape, np.float32)
-    return run_plan(plan, backend)
+    return run_plan(plan, backend, method=method, tolerance=tolerance)

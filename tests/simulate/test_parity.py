@@ -37,7 +37,7 @@ CASE_NAMES = [
 ]
 
 
-def render_case(case: dict, shared_data) -> np.ndarray:
+def render_case(case: dict, shared_data, **options) -> np.ndarray:
     p = case["params"]
     px = p["pixel_mm"]
     det = nanobragg_detector(pixel_mm=px, n_fast=p["detpixels_fast"], n_slow=p["detpixels_slow"],
@@ -64,7 +64,7 @@ def render_case(case: dict, shared_data) -> np.ndarray:
         polarization=not p["nopolar"], point_pixel=p["point_pixel"], phi_start_deg=p["phi_start_deg"],
         osc_deg=p["osc_deg"], phi_steps=p["phisteps"], divergence_steps=max(div["hdivsteps"], div["vdivsteps"]),
         hdivergence_mrad=div["hdivrange_mrad"], vdivergence_mrad=div["vdivrange_mrad"],
-        dispersion_steps=disp["dispsteps"], flags=flags, background=background,
+        dispersion_steps=disp["dispsteps"], flags=flags, background=background, **options,
     )
 
 
