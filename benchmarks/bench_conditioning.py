@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _machine import cpu_model
+from _common import cpu_model
 from xrais._version import __version__
 from xrais.conditioning import condition, read_image
 from xrais.conditioning.transform import QUADRANT_ROTATIONS, quadrant_corner_px

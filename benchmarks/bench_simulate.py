@@ -23,7 +23,7 @@ import tempfile
 import numba
 import numpy as np
 
-from _machine import cpu_model
+from _common import cpu_model
 from xrais._version import __version__
 from xrais.simulate.config import SimulationConfig
 from xrais.simulate.dataset import simulate_dataset

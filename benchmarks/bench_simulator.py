@@ -75,7 +75,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from _machine import cpu_model
+from _common import cpu_model, median_s
 from xrais._version import __version__
 from xrais.geometry import Beam, Detector
 from xrais.simulate.crystal import Crystal
@@ -156,14 +156,6 @@ def time_nanobragg(exe: Path, args: list[str], threads: int, workdir: Path, repe
 # xrais side
 
 
-def median_s(fn, repeat: int) -> tuple[float, object]:
-    """Median seconds of ``repeat`` calls of ``fn``, and what the last call returned."""
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:

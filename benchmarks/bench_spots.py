@@ -23,13 +23,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numba
 import numpy as np
 
-from _machine import cpu_model
+from _common import cpu_model, median_s
 from xrais.geometry import Beam, Detector
 from xrais.simulate.crystal import Crystal
 from xrais.simulate.nanobragg import nanobragg_crystal
@@ -41,13 +39,6 @@ SPACE_GROUP = "P 43 21 2"
 DETECTORS = ("pilatus6m", "eiger16m")
 
 
-def median_s(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def scene(name: str):

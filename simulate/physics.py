@@ -172,6 +172,8 @@ def pixel_intensity(px: float, py: float, pz: float, ix: float, iy: float, iz: f
     if inv_dmin > 0.0 and math.sqrt(sx * sx + sy * sy + sz * sz) > inv_dmin:
         return 0.0
     total = 0.0
+    # The body repeats orientation_intensity's on purpose: factored into one shared function
+    # (called per orientation) the brute-force kernel runs about 40 % slower under Numba.
     for o in range(orientations.shape[0]):
         m = orientations[o]
         h = m[0, 0] * sx + m[0, 1] * sy + m[0, 2] * sz
