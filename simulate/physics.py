@@ -209,9 +209,6 @@ def pixel_value(p: int, fi: int, si: int, panels, sources, orientations, a0, sha
     pixel = scale · (Σ_samples w·Σ_orient |F|²F_latt² / steps + background term), with the
     sample weight w = Ω·P.
     """
-    ox, oy, oz = panels[p, 0], panels[p, 1], panels[p, 2]
-    fx, fy, fz = panels[p, 3], panels[p, 4], panels[p, 5]
-    sx, sy, sz = panels[p, 6], panels[p, 7], panels[p, 8]
     pitch_f, pitch_s, close = panels[p, 9], panels[p, 10], panels[p, 11]
     omega_once = (flags & 1) != 0
     polar_once = (flags & 2) != 0
@@ -225,11 +222,7 @@ def pixel_value(p: int, fi: int, si: int, panels, sources, orientations, a0, sha
     n = oversample
     for sub_s in range(n):
         for sub_f in range(n):
-            df = (fi + (sub_f + 0.5) / n) * pitch_f
-            ds = (si + (sub_s + 0.5) / n) * pitch_s
-            px = ox + df * fx + ds * sx
-            py = oy + df * fy + ds * sy
-            pz = oz + df * fz + ds * sz
+            px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
             first_sub = sub_s == 0 and sub_f == 0
             r = math.sqrt(px * px + py * py + pz * pz)
             for j in range(sources.shape[0]):
