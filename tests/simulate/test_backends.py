@@ -6,13 +6,9 @@ process with ``NUMBA_ENABLE_CUDASIM=1`` on a small image with every feature swit
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -42,14 +38,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_numba_and_cuda_kernels_agree(tmp_path):
-    pytest.importorskip("numba.cuda")
-    result = tmp_path / "images.npz"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(result)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    images = np.load(result)
+def test_numba_and_cuda_kernels_agree(run_under_cudasim):
+    images = run_under_cudasim(SCRIPT)
     for shape in ("square", "round", "gauss", "tophat"):
         cpu, gpu = images[shape + "_numba"], images[shape + "_cuda"]
         assert cpu.shape == (16, 20) and cpu.max() > 0

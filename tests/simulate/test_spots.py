@@ -8,9 +8,6 @@ total photons 0.5 %), and so must the nanoBragg reference cases rendered with sp
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -165,14 +162,8 @@ CUDA_SCRIPT = textwrap.dedent(
 )
 
 
-def test_spots_numba_and_cuda_kernels_agree(tmp_path):
-    pytest.importorskip("numba.cuda")
-    result = tmp_path / "images.npz"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-c", CUDA_SCRIPT, str(result)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    images = np.load(result)
+def test_spots_numba_and_cuda_kernels_agree(run_under_cudasim):
+    images = run_under_cudasim(CUDA_SCRIPT)
     for shape in ("square", "gauss_2022"):
         cpu, gpu = images[shape + "_numba"], images[shape + "_cuda"]
         assert cpu.shape == (12, 14) and cpu.max() > 0
