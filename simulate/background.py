@@ -9,10 +9,9 @@ square cross-section of side a; density ρ, molar mass M of one unit), and adds 
 
 at the pixel centre, where stol = sin θ / λ (Å⁻¹), F the scattering factor of one unit
 (electrons), Ω = p_f·p_s/R² · (close distance)/R the pixel's solid angle and
-P = ½(1 + cos²2θ − K·cos 2ψ·sin²2θ) the polarization factor with Kahn factor K = 2f − 1 —
-the formulas of :func:`xrais.simulate.physics.solid_angle` and
-:func:`~xrais.simulate.physics.polarization_factor`, vectorised. This is nanoBragg's water
-term scaled physically (linear in the fluence, not divided by a step count).
+P = ½(1 + cos²2θ − K·cos 2ψ·sin²2θ) the polarization factor with Kahn factor K = 2f − 1,
+both from :func:`xrais.simulate.pixel_maps.pixel_maps` (computed once per geometry). This is
+nanoBragg's water term scaled physically (linear in the fluence, not divided by a step count).
 
 Curves (``simulate/data``, see its README):
 
@@ -49,7 +48,7 @@ import numpy as np
 from xrais.errors import ConfigError, DatasetError
 from xrais.geometry import Beam, Detector
 from xrais.simulate.render import R_E2_M2
-from xrais.simulate.sources import polarization_axis
+from xrais.simulate.pixel_maps import pixel_maps
 
 __all__ = [
     "ScatteringCurve",
@@ -364,35 +363,14 @@ def background_image(
     terms = [(c, n) for c, n in terms if n > 0]
     if not terms or scale == 0.0:
         return out
+    maps = pixel_maps(beam, detector, polarization=polarization)
+    weight, stol = maps.omega_polar_sr.reshape(-1), maps.stol_per_A.reshape(-1)
+    flat = out.reshape(-1)
     prefactor = R_E2_M2 * fluence * scale
-    inc = np.asarray(beam.direction, dtype=np.float64)
-    e_axis = polarization_axis(beam)
-    b_axis = np.cross(e_axis, inc)
-    b_axis /= np.linalg.norm(b_axis)
-    e_axis = np.cross(inc, b_axis)
-    kahn = 2.0 * beam.polarization_fraction - 1.0
-    for panel in detector.panels:
-        nf, ns = panel.image_size
-        pf, ps = panel.pixel_size_mm
-        close = panel.distance_mm
-        origin, fast, slow = (np.asarray(v, dtype=np.float64) for v in (panel.origin_mm, panel.fast_axis, panel.slow_axis))
-        f0, s0 = panel.array_offset_px
-        fcol = (np.arange(nf, dtype=np.float64) + 0.5)[None, :] * pf
-        rows = max(1, _CHUNK_PX // nf)
-        for r0 in range(0, ns, rows):
-            srow = (np.arange(r0, min(ns, r0 + rows), dtype=np.float64) + 0.5)[:, None] * ps
-            x, y, z = (origin[k] + fcol * fast[k] + srow * slow[k] for k in range(3))
-            r2 = x * x + y * y + z * z
-            r = np.sqrt(r2)
-            weight = prefactor * (pf * ps * close) / (r2 * r)  # r_e²·fluence·scale·Ω
-            cos2t = (x * inc[0] + y * inc[1] + z * inc[2]) / r
-            if polarization:
-                de = (x * e_axis[0] + y * e_axis[1] + z * e_axis[2]) / r
-                db = (x * b_axis[0] + y * b_axis[1] + z * b_axis[2]) / r
-                weight *= 0.5 * (1.0 + cos2t * cos2t - kahn * (de * de - db * db))  # cos2ψ·sin²2θ = dE² − dB²
-            stol = np.sqrt(np.clip(0.5 * (1.0 - cos2t), 0.0, None)) / beam.wavelength_A
-            intensity = sum(n * curve(stol) ** 2 for curve, n in terms)
-            out[s0 + r0 : s0 + r0 + srow.shape[0], f0 : f0 + nf] = weight * intensity
+    for i in range(0, flat.size, _CHUNK_PX):  # blocks keep the float64 temporaries small
+        block = slice(i, i + _CHUNK_PX)
+        s = stol[block].astype(np.float64)
+        flat[block] = prefactor * weight[block] * sum(n * curve(s) ** 2 for curve, n in terms)
     return out
 
 

@@ -88,8 +88,9 @@ class SimulationConfig(_Frozen):
         "gauss_2022", description="lattice-transform shape; gauss_2022 falls off as exp(−Σ(Δh·N)²/0.63), so its width "
         "follows the domain size (nanoBragg's 2023 gauss narrows as (N_aN_bN_c)² and suits small domains only)")
     oversample: int = Field(1, ge=1, le=16, description="sub-pixels per pixel side")
-    render_method: Literal["brute", "spots"] = Field(
-        "brute", description="brute force, or only near Bragg spots (faster for large domains, slower for small)")
+    render_method: Literal["auto", "brute", "spots"] = Field(
+        "auto", description="brute force, only near Bragg spots (faster for large domains, slower for small), or "
+        "auto: spots whenever its windows make it the faster")
     render_tolerance: float = Field(1e-3, gt=0, lt=1, description="spots: lattice-transform cut-off relative to the peak")
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     detector_effects: DetectorEffectsConfig = Field(default_factory=DetectorEffectsConfig,

@@ -15,7 +15,7 @@ import numpy as np
 from xrais.errors import ConfigError
 from xrais.geometry import Detector
 
-__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend",
+__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend", "METHODS", "AUTO_SPOT_FRACTION",
            "FLAG_OMEGA_ONCE", "FLAG_POLAR_ONCE", "FLAG_POINT_PIXEL", "FLAG_NO_POLAR", "FLAG_NANOBRAGG_BACKGROUND"]
 
 Backend = Literal["auto", "numba", "cuda"]
@@ -116,30 +116,48 @@ def choose_backend(backend: Backend) -> str:
     raise ConfigError(f"backend {backend!r}: expected 'auto', 'numba' or 'cuda'")
 
 
+#: ``method="auto"`` renders spot-centric when that evaluates fewer than this fraction of the
+#: brute-force (pixel, orientation, source) terms: a spot term recomputes the pixel's geometry,
+#: which the brute-force kernel shares between orientations, and the window search costs too
+#: (on the CPU the two methods take the same time near a fraction of 0.09).
+AUTO_SPOT_FRACTION = 0.08
+METHODS = ("auto", "brute", "spots")
+
+
 def run_plan(plan: KernelPlan, backend: Backend = "auto", *, method: str = "brute",
              tolerance: float = 1e-3) -> np.ndarray:
     """Render a plan; float32 image of shape ``plan.image_shape`` (photons).
 
     ``method="brute"`` evaluates every pixel with every orientation and source;
     ``method="spots"`` the same per-pixel physics only where an orientation's lattice transform
-    is at least ``tolerance`` × its peak (:mod:`xrais.simulate.kernel_spots`).
+    is at least ``tolerance`` × its peak (:mod:`xrais.simulate.kernel_spots`); ``method="auto"``
+    lists the spot windows and renders spot-centric when they hold fewer than
+    :data:`AUTO_SPOT_FRACTION` of the brute-force terms, else brute force.
     """
-    if method not in ("brute", "spots"):
-        raise ConfigError(f"method {method!r}: expected 'brute' or 'spots'")
-    if method == "spots" and not 0.0 < tolerance < 1.0:
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    if method != "brute" and not 0.0 < tolerance < 1.0:
         raise ConfigError(f"tolerance {tolerance!r}: expected 0 < tolerance < 1")
+    spans = None
+    if method == "auto":
+        from xrais.simulate.kernel_spots import span_evaluations
+        from xrais.simulate.spot_windows import spot_spans
+
+        spans = spot_spans(plan, tolerance)
+        spot, brute = span_evaluations(plan, spans)
+        method = "spots" if spot < AUTO_SPOT_FRACTION * brute else "brute"
     if choose_backend(backend) == "cuda":
         if method == "spots":
             from xrais.simulate.kernel_spots import render_spots_cuda
 
-            return render_spots_cuda(plan, tolerance)
+            return render_spots_cuda(plan, tolerance, spans=spans)
         from xrais.simulate.kernel_cuda import render_cuda
 
         return render_cuda(plan)
     if method == "spots":
         from xrais.simulate.kernel_spots import render_spots_cpu
 
-        return render_spots_cpu(plan, tolerance)
+        return render_spots_cpu(plan, tolerance, spans=spans)
     from xrais.simulate.kernel_cpu import render_cpu
 
     return render_cpu(plan)

@@ -4,9 +4,10 @@
 pixels where that orientation's lattice transform is not negligible (F_latt²/peak ≥
 ``tolerance``). The kernels here add, for every run, the per-(orientation, source) term
 :func:`xrais.simulate.physics.spot_pixel_value` of each of its pixels (all sub-pixels), then
-the background term :func:`xrais.simulate.physics.pixel_background` of every pixel in a cheap
-second pass: summed, that is :func:`xrais.simulate.physics.pixel_value` less the neglected
-tails.
+the background term :func:`xrais.simulate.physics.pixel_background` of every pixel: summed,
+that is :func:`xrais.simulate.physics.pixel_value` less the neglected tails. The background
+term is linear in ``scale × background``; on the CPU its unit map is computed once per
+geometry (rows, panels, sources, sampling, polarization) and cached.
 
 CPU: the runs are sorted by output row and the rows are spread over threads, so no two
 threads write the same pixel. GPU: one thread per pixel of a run, ``cuda.atomic.add`` into a
@@ -15,6 +16,9 @@ float64 image.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numba
@@ -28,7 +32,11 @@ try:  # a module global, so that the simulator can swap in its own ``cuda`` insi
 except ImportError:  # numba-cuda not installed
     cuda = None
 
-__all__ = ["render_spots_cpu", "render_spots_cuda", "spot_args"]
+__all__ = ["render_spots_cpu", "render_spots_cuda", "spot_args", "span_evaluations"]
+
+_UNIT_BACKGROUND_CACHE_SIZE = 2
+_unit_background_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_cache_lock = threading.Lock()
 
 
 @numba.njit(parallel=True)
@@ -69,17 +77,49 @@ def _background_args(plan) -> tuple:
             float(plan.steps))
 
 
+def _unit_background(plan) -> np.ndarray:
+    """The background term of every pixel for scale × background = 1 (float32, read-only, cached)."""
+    digest = hashlib.sha1()
+    for a in (plan.rows, plan.panels, plan.sources):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    digest.update(repr((plan.image_shape, int(plan.oversample), float(plan.kahn), tuple(plan.polarization_axis),
+                        int(plan.flags), float(plan.steps))).encode())
+    key = digest.hexdigest()
+    with _cache_lock:
+        if key in _unit_background_cache:
+            _unit_background_cache.move_to_end(key)
+            return _unit_background_cache[key]
+    unit = np.zeros(plan.image_shape, dtype=np.float32)
+    args = list(_background_args(plan))
+    args[-3:-1] = [1.0, 1.0]  # scale, background
+    _add_background(unit, *args)
+    unit.flags.writeable = False
+    with _cache_lock:
+        _unit_background_cache[key] = unit
+        while len(_unit_background_cache) > _UNIT_BACKGROUND_CACHE_SIZE:
+            _unit_background_cache.popitem(last=False)
+    return unit
+
+
+def span_evaluations(plan, spans: np.ndarray) -> tuple[int, int]:
+    """Per-(pixel, orientation, source) evaluations of a spot render and of a brute-force one."""
+    spot = int((spans[:, 5] - spans[:, 4]).sum()) if len(spans) else 0
+    pixels = int((plan.rows[:, 3] - plan.rows[:, 2]).sum()) if len(plan.rows) else 0
+    return spot, pixels * len(plan.orientations) * len(plan.sources)
+
+
 def render_spots_cpu(plan, tolerance: float = 1e-3, spans: np.ndarray | None = None) -> np.ndarray:
     """Spot-centric render of a :class:`~xrais.simulate.kernel.KernelPlan` on the CPU; float32 (n_slow, n_fast)."""
     if spans is None:
         spans = spot_spans(plan, tolerance)
-    image = np.zeros(plan.image_shape, dtype=np.float32)
+    if plan.background != 0.0 and len(plan.rows):
+        image = _unit_background(plan) * np.float32(plan.scale * plan.background)
+    else:
+        image = np.zeros(plan.image_shape, dtype=np.float32)
     if len(spans):
         out_rows = spans[:, 6]
         row_starts = np.concatenate([np.nonzero(np.diff(out_rows, prepend=-1))[0], [len(spans)]]).astype(np.int64)
         _render_spans(image, row_starts, np.ascontiguousarray(spans), *spot_args(plan))
-    if plan.background != 0.0 and len(plan.rows):
-        _add_background(image, *_background_args(plan))
     return image
 
 

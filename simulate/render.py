@@ -210,11 +210,12 @@ def render(
         Where to compute; the same physics and the same numbers to float32 tolerance.
     seed : int, optional
         Mosaic-domain seed, replacing ``crystal.mosaic_seed``.
-    method : {"brute", "spots"}
+    method : {"brute", "spots", "auto"}
         ``brute``: every pixel with every orientation and source. ``spots``: the same
         per-pixel physics, each orientation and source evaluated only on the pixels near its
         Bragg spots, where F_latt² ≥ ``tolerance`` × its peak (the background term on every
-        pixel); much faster for large domains and detectors.
+        pixel); much faster for large domains and detectors. ``auto``: ``spots`` when its
+        windows hold few enough of the brute-force terms to be faster, else ``brute``.
     tolerance : float
         Relative lattice-transform level below which ``method="spots"`` neglects a term.
     **options

@@ -113,6 +113,40 @@ def test_spots_evaluate_few_pixels_for_large_domains():
             pixels.add(key)
 
 
+def test_auto_picks_spots_for_large_domains_and_brute_for_tiny_ones(monkeypatch):
+    from xrais.simulate import kernel_cpu, kernel_spots
+
+    det = Detector.flat(image_size=(200, 200), pixel_size_mm=0.2, distance_mm=100.0, beam_center_px=(100.5, 100.5))
+    beam = Beam(wavelength_A=1.0)
+    used = []
+    monkeypatch.setattr(kernel_cpu, "render_cpu", lambda plan, _f=kernel_cpu.render_cpu: used.append("brute") or _f(plan))
+    monkeypatch.setattr(kernel_spots, "render_spots_cpu",
+                        lambda plan, tol, spans=None, _f=kernel_spots.render_spots_cpu: used.append("spots") or _f(plan, tol, spans))
+    for n_cells, expected in (((20, 20, 20), "spots"), ((2, 2, 2), "brute")):
+        crystal = Crystal(cell=CELL, structure_factors=SF, space_group="P 21 21 21", U=U, n_cells=n_cells,
+                          shape="gauss_2022", mosaic_spread_deg=0.3, mosaic_domains=4)
+        auto = render(crystal, beam, det, backend="numba", method="auto")
+        assert used[-1] == expected
+        np.testing.assert_array_equal(auto, render(crystal, beam, det, backend="numba", method=expected))
+
+
+def test_cached_background_map_is_reused_and_scales():
+    from xrais.simulate import kernel_spots
+
+    crystal, beam, det, options = _scene("gauss_2022", True)
+    kernel_spots._unit_background_cache.clear()
+    first = render(crystal, beam, det, backend="numba", method="spots", water_um=30.0, **options)
+    assert len(kernel_spots._unit_background_cache) == 1
+    twice = render(crystal, beam, det, backend="numba", method="spots", water_um=60.0, **options)
+    assert len(kernel_spots._unit_background_cache) == 1  # same geometry: the map was reused
+    brute = render(crystal, beam, det, backend="numba", water_um=60.0, **options)
+    np.testing.assert_allclose(twice, brute, rtol=2e-3, atol=1e-4 * float(brute.max()))
+    assert not np.allclose(twice, first, rtol=1e-2)
+    other = Detector.flat(image_size=(120, 100), pixel_size_mm=0.4, distance_mm=110.0, beam_center_px=(50.5, 40.2))
+    render(crystal, beam, other, backend="numba", method="spots", water_um=30.0, **options)
+    assert len(kernel_spots._unit_background_cache) == 2
+
+
 def test_lattice_extent_shrinks_with_tolerance_and_size():
     a0 = np.diag([1 / 60.0, 1 / 70.0, 1 / 80.0])
     for shape in range(6):
