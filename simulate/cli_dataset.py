@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-__all__ = ["register", "simulate", "show", "mpi_world"]
+from xrais.parallel import gpu_for_rank, mpi_world
 
-
-def mpi_world() -> Any:
-    """The MPI world communicator when started by mpirun/mpiexec with more than one rank, else None."""
-    size = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MPI_LOCALNRANKS")
-               or 1)
-    if size <= 1:
-        return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
+__all__ = ["register", "simulate", "show"]
 
 
 def _share_gpus(comm: Any) -> None:
@@ -30,8 +20,7 @@ def _share_gpus(comm: Any) -> None:
         return
     from numba import cuda
 
-    local = comm.Split_type(split_type=1).Get_rank()  # MPI.COMM_TYPE_SHARED: ranks on this node
-    device = local % len(cuda.gpus)
+    device = gpu_for_rank(comm, len(cuda.gpus))
     cuda.select_device(device)
     try:
         import cupy
