@@ -119,17 +119,17 @@ def _panel_groups(panels: np.ndarray, extents: np.ndarray) -> list[list[int]]:
 
 def _max_scattering(panels: np.ndarray, extents: np.ndarray, sources: np.ndarray) -> float:
     """Largest |S| (Å⁻¹) any panel corner sees from any source."""
-    s_max = 0.0
-    for p in range(len(panels)):
-        nf, ns = extents[p]
-        if nf == 0:
-            continue
-        for f, s in ((0, 0), (nf, 0), (0, ns), (nf, ns)):
-            xyz = panels[p, 0:3] + f * panels[p, 9] * panels[p, 3:6] + s * panels[p, 10] * panels[p, 6:9]
-            d = xyz / np.linalg.norm(xyz)
-            s_len = np.linalg.norm(d[None, :] - sources[:, 0:3], axis=1) / sources[:, 3]
-            s_max = max(s_max, float(s_len.max()))
-    return s_max
+    used = extents[:, 0] > 0
+    if not used.any():
+        return 0.0
+    p, ext = panels[used], extents[used].astype(np.float64)
+    corners = np.array([(0, 0), (1, 0), (0, 1), (1, 1)], dtype=np.float64)  # × (n_fast, n_slow)
+    f = corners[None, :, 0] * ext[:, None, 0] * p[:, None, 9]  # mm along fast, (panels, 4)
+    s = corners[None, :, 1] * ext[:, None, 1] * p[:, None, 10]
+    xyz = p[:, None, 0:3] + f[..., None] * p[:, None, 3:6] + s[..., None] * p[:, None, 6:9]
+    d = (xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)).reshape(-1, 3)
+    s_len = np.linalg.norm(d[:, None, :] - sources[None, :, 0:3], axis=-1) / sources[None, :, 3]
+    return float(s_len.max())
 
 
 def _rotation_angle(m_ref: np.ndarray, m: np.ndarray) -> float:
