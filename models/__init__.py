@@ -1,6 +1,86 @@
-"""ResNet resolution and multi-lattice models, variational integrator and scaler, checkpoints.
+"""Models: the ResNet resolution regressor and multi-lattice classifier, and their checkpoints.
 
-This stage is being built; see DESIGN.md for its place in the pipeline.
+Typical use::
+
+    from xrais.models import load_pretrained
+    model = load_pretrained("resolution.safetensors")   # or a folder, or a registered name
+    pred = model.predict(image)                          # DiffractionImage or conditioned arrays
+    pred.min_resolution_A
+
+Building and saving::
+
+    from xrais.models import build_model, save_checkpoint
+    model = build_model("resnet50", "resolution")        # Table 2: 25,650,961 parameters
+    save_checkpoint(model, "out/best.safetensors", epochs=30, metrics={"mae": 0.01})
 """
 
-__all__: list[str] = []
+from xrais.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointMeta,
+    default_models_dir,
+    list_checkpoints,
+    load_checkpoint_meta,
+    load_pretrained,
+    resolve_checkpoint,
+    save_checkpoint,
+    unwrap_model,
+)
+from xrais.models.predict import Prediction, predict
+from xrais.models.registry import get_model, list_models, register_model
+from xrais.models.resnet import (
+    ARCHITECTURES,
+    DEFAULT_LABELS,
+    OUTPUT_NAMES,
+    TASKS,
+    ModelConfig,
+    XraisResNet,
+    build_model,
+    inv_resolution_to_radius,
+    multilattice_resnet18,
+    multilattice_resnet34,
+    multilattice_resnet50,
+    multilattice_resnet101,
+    multilattice_resnet152,
+    radius_to_inv_resolution,
+    resolution_resnet18,
+    resolution_resnet34,
+    resolution_resnet50,
+    resolution_resnet101,
+    resolution_resnet152,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "TASKS",
+    "DEFAULT_LABELS",
+    "OUTPUT_NAMES",
+    "ModelConfig",
+    "XraisResNet",
+    "build_model",
+    "get_model",
+    "list_models",
+    "register_model",
+    "radius_to_inv_resolution",
+    "inv_resolution_to_radius",
+    "save_checkpoint",
+    "load_pretrained",
+    "load_checkpoint_meta",
+    "resolve_checkpoint",
+    "list_checkpoints",
+    "default_models_dir",
+    "unwrap_model",
+    "CheckpointMeta",
+    "CHECKPOINT_FORMAT",
+    "Prediction",
+    "predict",
+    "resolution_resnet18",
+    "resolution_resnet34",
+    "resolution_resnet50",
+    "resolution_resnet101",
+    "resolution_resnet152",
+    "multilattice_resnet18",
+    "multilattice_resnet34",
+    "multilattice_resnet50",
+    "multilattice_resnet101",
+    "multilattice_resnet152",
+]

@@ -55,10 +55,12 @@ def _register_stages() -> None:
     from xrais.conditioning.cli import register as register_conditioning
     from xrais.simulate.cli import register as register_nanobragg
     from xrais.simulate.cli_dataset import register as register_simulate
+    from xrais.models.cli import register as register_models
 
     register_simulate(app)
     register_conditioning(app)
     register_nanobragg(app)
+    register_models(app)
 
 
 _register_stages()
