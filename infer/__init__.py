@@ -1,6 +1,48 @@
-"""MPI inference runner and the shoebox → integrate → merge pipeline.
+"""Inference: score detector images with resolution and multi-lattice models, one row per image.
 
-This stage is being built; see DESIGN.md for its place in the pipeline.
+Typical use::
+
+    from xrais.infer import InferConfig, run_inference, read_results, plot_results
+    config = InferConfig(models=("resolution.safetensors", "multilattice.safetensors"), quadrants=4)
+    report = run_inference(config, ["/data/thau/*.cbf"], "results/")   # resumable, MPI-aware
+    rows = read_results("results/")                                     # pandas DataFrame
+    plot_results(rows, "results/strip.png")                              # the strip chart
+
+From the shell: ``xrais infer IMAGES… --model M --out RESULTS`` (under ``mpirun -n R`` too),
+``xrais infer --watch DIR …`` and ``xrais plot RESULTS --out PNG``.
 """
 
-__all__: list[str] = []
+from xrais.infer.config import InferConfig, WatchConfig
+from xrais.infer.plot import add_image_numbers, dataset_key, plot_results
+from xrais.infer.results import ResultsWriter, read_provenance, read_results
+from xrais.infer.runner import InferReport, run_inference
+from xrais.infer.scoring import ModelInfo, Scorer, describe_models, result_columns
+from xrais.infer.watch import FolderWatcher, RunStats, StaticSource, StdinFollower
+from xrais.infer.work import DoneIndex, FrameRef, WorkItem, expand_inputs, make_items, plan_refs
+
+__all__ = [
+    "InferConfig",
+    "WatchConfig",
+    "run_inference",
+    "InferReport",
+    "Scorer",
+    "ModelInfo",
+    "describe_models",
+    "result_columns",
+    "ResultsWriter",
+    "read_results",
+    "read_provenance",
+    "plot_results",
+    "dataset_key",
+    "add_image_numbers",
+    "FolderWatcher",
+    "StdinFollower",
+    "StaticSource",
+    "RunStats",
+    "FrameRef",
+    "WorkItem",
+    "DoneIndex",
+    "expand_inputs",
+    "plan_refs",
+    "make_items",
+]

@@ -56,11 +56,13 @@ def _register_stages() -> None:
     from xrais.simulate.cli import register as register_nanobragg
     from xrais.simulate.cli_dataset import register as register_simulate
     from xrais.models.cli import register as register_models
+    from xrais.infer.cli import register as register_infer
 
     register_simulate(app)
     register_conditioning(app)
     register_nanobragg(app)
     register_models(app)
+    register_infer(app)
 
 
 _register_stages()

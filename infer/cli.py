@@ -1,0 +1,163 @@
+"""``xrais infer`` (score images, or follow an experiment) and ``xrais plot`` (the strip chart)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import typer
+
+__all__ = ["register", "infer", "plot"]
+
+
+def _summary_table(stats: Any, title: str) -> Any:
+    from rich.table import Table
+
+    last = stats.last
+    table = Table(title=title, show_header=False, header_style="bold")
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("images scored", str(stats.scored))
+    table.add_row("rate", f"{stats.rate_hz():.2f} images/s (last {stats.window_s:.0f} s)")
+    table.add_row("errors", f"[red]{stats.errors}[/]" if stats.errors else "0")
+    if last:
+        name = Path(str(last.get("file", ""))).name
+        frame = last.get("frame", 0)
+        table.add_row("last image", f"{name}" + (f" frame {frame}" if frame else ""))
+        if "min_resolution_A" in last:
+            table.add_row("last resolution", f"{last['min_resolution_A']:.2f} Å min, {last['mean_resolution_A']:.2f} Å mean")
+        if "multilattice_probability" in last:
+            table.add_row("last multi-lattice P", f"{last['multilattice_probability']:.3f}")
+    if stats.last_error:
+        table.add_row("last error", f"[red]{stats.last_error}[/]")
+    return table
+
+
+def _report_table(report: Any, out: Path) -> Any:
+    from rich.table import Table
+
+    ok = report.rows_written - report.errors
+    table = Table(title=f"xrais infer → {out}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("rows written", f"{report.rows_written} ({ok} scored, {report.errors} errors)")
+    table.add_row("already done", str(report.rows_before))
+    table.add_row("ranks", str(report.ranks))
+    table.add_row("wall time", f"{report.seconds:.1f} s ({report.images_per_s:.2f} images/s)")
+    if ok:
+        per = {k: 1000.0 * v / ok for k, v in report.stage_s.items()}
+        table.add_row("per image (one rank)", f"read {per['read_s']:.1f} ms, condition {per['condition_s']:.1f} ms, "
+                                              f"score {per['score_s']:.1f} ms")
+    if report.interrupted:
+        table.add_row("stopped", "interrupted; run the same command again to go on")
+    return table
+
+
+def infer(
+    images: Optional[List[str]] = typer.Argument(
+        None, help="Image files, folders or globs; '-' reads file paths from stdin.", show_default=False),
+    model: List[str] = typer.Option(..., "--model", "-m", help="Checkpoint file, folder or name (repeat for more)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder (resumed if it exists)."),
+    quadrants: int = typer.Option(4, "--quadrants", "-q", help="Score 4 quadrants, or 1 (quadrant 0)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Quadrants per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
+    formats: str = typer.Option("csv,h5", "--format", help="Tables to write: csv plus h5 or parquet."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 (faster on CPUs with bf16 units)."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="Channels-last weights."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per rank (default: cores shared)."),
+    chunk_frames: int = typer.Option(8, "--chunk-frames", help="Frames per work item handed to a rank."),
+    downsample: Optional[int] = typer.Option(None, "--downsample", "-n", help="Max-pool block N (default: model's)."),
+    distance_mm: Optional[float] = typer.Option(None, "--distance-mm", help="Detector distance, replacing headers."),
+    wavelength_A: Optional[float] = typer.Option(None, "--wavelength-A", help="Wavelength in Å, replacing headers."),
+    beam_center: Optional[Tuple[float, float]] = typer.Option(
+        None, "--beam-center", metavar="FAST SLOW", help="Beam centre in pixels, replacing headers."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Score again images whose rows hold an error."),
+    watch: Optional[str] = typer.Option(None, "--watch", help="Follow this folder ('-': paths on stdin) until stopped."),
+    pattern: str = typer.Option("*", "--pattern", help="With --watch: file-name glob."),
+    recursive: bool = typer.Option(False, "--recursive", help="With --watch or folders: include sub-folders."),
+    settle_s: float = typer.Option(1.0, "--settle-s", help="With --watch: seconds a new file must stay unchanged."),
+    poll_s: float = typer.Option(0.5, "--poll-s", help="With --watch: seconds between looks at the folder."),
+    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="With --watch: stop after S s idle."),
+) -> None:
+    """Score diffraction images with resolution / multi-lattice models, one row per image.
+
+    Rows go to OUT/results.csv as they come (and results.h5 or results.parquet); a killed
+    run started again with the same arguments skips what is done. Under
+    `mpirun -n R xrais infer …` rank 0 hands out work and ranks 1…R−1 score. With --watch it
+    follows a running experiment until Ctrl-C (or --idle-timeout).
+    """
+    from rich.live import Live
+
+    from xrais.cli import console, err_console
+    from xrais.errors import ConfigError
+    from xrais.infer.config import InferConfig, WatchConfig, make_config
+    from xrais.infer.runner import run_inference
+    from xrais.infer.watch import RunStats
+    from xrais.parallel import mpi_world
+
+    config = make_config(
+        InferConfig, models=tuple(model), quadrants=quadrants, block=downsample, batch_size=batch_size,
+        device=device, precision=precision, channels_last=channels_last, threads=threads,
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), chunk_frames=chunk_frames,
+        distance_mm=distance_mm, wavelength_A=wavelength_A, beam_center_px=beam_center, retry_errors=retry_errors)
+    watch_cfg = None
+    if watch is not None:
+        watch_cfg = make_config(WatchConfig, folder=watch, pattern=pattern, recursive=recursive, settle_s=settle_s,
+                                poll_s=poll_s, idle_timeout_s=idle_timeout)
+    elif not images:
+        raise ConfigError("xrais infer: give image files, folders or globs ('-' for stdin), or --watch DIR")
+    comm = mpi_world()
+    rank = comm.Get_rank() if comm is not None else 0
+    stats = RunStats()
+    live = rank == 0 and err_console.is_terminal
+    last_line = [time.monotonic()]
+
+    def on_rows(rows: list[dict[str, Any]]) -> None:
+        stats.update(rows)
+        if live or watch_cfg is None:
+            return
+        for row in rows:  # following an experiment into a log: errors at once, a summary every 10 s
+            if row.get("error"):
+                err_console.print(f"[red]error:[/] {row['error']}", highlight=False, soft_wrap=True)
+        if time.monotonic() - last_line[0] >= 10.0:
+            last_line[0] = time.monotonic()
+            err_console.print(f"{stats.scored} scored, {stats.errors} errors, {stats.rate_hz():.2f} images/s",
+                              highlight=False)
+
+    kwargs = dict(watch=watch_cfg, comm=comm, on_rows=on_rows)
+    if live:
+        title = f"xrais infer → {out}" + (f" (following {watch})" if watch else "")
+        with Live(get_renderable=lambda: _summary_table(stats, title), console=err_console,
+                  refresh_per_second=2, transient=True):
+            report = run_inference(config, images or [], out, **kwargs)
+    else:
+        report = run_inference(config, images or [], out, **kwargs)
+    if report is None:  # a worker rank
+        return
+    console.print(_report_table(report, out))
+    for text in report.first_errors[:5]:
+        err_console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)
+    if report.errors > 5:
+        err_console.print(f"… {report.errors - 5} more error rows in {out / 'results.csv'}", highlight=False)
+
+
+def plot(
+    results: Path = typer.Argument(..., help="Results folder, results.csv, results.h5 or Parquet.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    max_datasets: int = typer.Option(24, "--max-datasets", help="Draw at most this many data sets."),
+) -> None:
+    """Draw the strip chart of inference results: resolution, per-quadrant spread and
+    multi-lattice probability against image number, one row of panels per data set."""
+    from xrais.cli import console
+    from xrais.infer.plot import plot_results
+
+    drawn = plot_results(results, out, max_datasets=max_datasets)
+    console.print(f"wrote {drawn['path']}: {len(drawn['datasets'])} data set(s), {drawn['images']} images, "
+                  f"panels {', '.join(drawn['panels'])}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``infer`` and ``plot`` to the ``xrais`` app."""
+    app.command("infer")(infer)
+    app.command("plot")(plot)

@@ -1,0 +1,381 @@
+"""Score work items: read → condition → score, one row per frame.
+
+A rank builds one :class:`Scorer`, which loads the models once, and hands it work items. For
+each frame the scorer reads the file (readers stay open across consecutive frames of one
+file), conditions it (on the GPU when the models run there), and queues its quadrants; a
+queue of ``batch_size`` quadrants goes through every model in one forward pass. Anything that
+goes wrong with one frame (missing, truncated or unknown file, impossible geometry) becomes
+that frame's row with the error text, and the rest of the item carries on.
+
+Row columns (see :func:`result_columns`): ``file``, ``frame``, ``n_frames``, the geometry used
+(``detector``, ``block``, ``distance_mm``, ``wavelength_A``, ``pixel_mm``,
+``beam_center_fast_px``, ``beam_center_slow_px``), per model its per-quadrant values and their
+summary (resolution: ``resolution_q{i}_A``, ``min_resolution_A``, ``mean_resolution_A`` in Å;
+multi-lattice: ``multilattice_q{i}_probability`` and their mean ``multilattice_probability``),
+``models``, stage times in seconds (``read_s``, ``condition_s``, ``score_s``), ``rank``,
+``finished_at`` (UTC) and ``error``. A second model of the same task gets its columns prefixed
+``m{k}_`` (k its position in the model list, from 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from xrais.errors import CheckpointError, ConfigError, CorruptImageError, XraisError
+from xrais.infer.config import InferConfig
+from xrais.infer.work import FrameRef, WorkItem
+
+__all__ = ["ModelInfo", "describe_models", "result_columns", "column_kind", "Scorer", "error_text", "empty_row"]
+
+log = logging.getLogger(__name__)
+
+_HEAD = ["file", "frame", "n_frames", "detector", "block", "distance_mm", "wavelength_A", "pixel_mm",
+         "beam_center_fast_px", "beam_center_slow_px"]
+_TAIL = ["models", "read_s", "condition_s", "score_s", "rank", "finished_at", "error"]
+_TEXT = {"file", "detector", "models", "finished_at", "error"}
+_INT = {"frame", "n_frames", "block", "rank"}
+_SIDE = 512
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a run knows of a model without building it: identity, task and column prefix.
+
+    Attributes
+    ----------
+    name : str
+        Short name shown in rows (checkpoint file stem, folder or registered name).
+    source : str
+        The ``--model`` value as given.
+    path : str
+        The checkpoint file.
+    sha256 : str
+        Its SHA-256 (64 hex digits).
+    task, arch : str
+        ``resolution``/``multilattice``; the ResNet depth.
+    block : int or None
+        The model's conditioning block (None: the detector's own).
+    prefix : str
+        Column prefix, ``""`` for the first model of a task, else ``"m{k}_"``.
+    """
+
+    name: str
+    source: str
+    path: str
+    sha256: str
+    task: str
+    arch: str
+    block: int | None
+    prefix: str = ""
+
+    def value_columns(self, quadrants: int) -> list[str]:
+        """This model's columns for ``quadrants`` quadrants."""
+        p = self.prefix
+        if self.task == "resolution":
+            return ([f"{p}resolution_q{i}_A" for i in range(quadrants)]
+                    + [f"{p}min_resolution_A", f"{p}mean_resolution_A"])
+        return [f"{p}multilattice_q{i}_probability" for i in range(quadrants)] + [f"{p}multilattice_probability"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("name", "source", "path", "sha256", "task", "arch", "block", "prefix")}
+
+
+def describe_models(sources: Sequence[str]) -> list[ModelInfo]:
+    """Find each checkpoint, hash it and read its metadata (no model is built).
+
+    Raises
+    ------
+    CheckpointError
+        A checkpoint is missing, unreadable, or does not match its recorded digest.
+    """
+    from xrais.models.checkpoint import compute_sha256, load_checkpoint_meta, resolve_checkpoint
+
+    infos: list[ModelInfo] = []
+    seen_tasks: set[str] = set()
+    for k, source in enumerate(sources, start=1):
+        path, digest = resolve_checkpoint(source)
+        sha = compute_sha256(path)
+        if digest and digest != sha:
+            raise CheckpointError(f"{path.name}: SHA-256 mismatch, expected {digest}, file has {sha}")
+        meta = load_checkpoint_meta(path)
+        given = Path(str(source)).expanduser()
+        name = given.name if given.is_dir() else (path.stem if given.is_file() else str(source))
+        task = meta.config.task
+        infos.append(ModelInfo(name=name, source=str(source), path=str(path.resolve()), sha256=sha, task=task,
+                               arch=meta.config.arch, block=meta.config.conditioning.block,
+                               prefix="" if task not in seen_tasks else f"m{k}_"))
+        seen_tasks.add(task)
+    return infos
+
+
+def result_columns(infos: Sequence[ModelInfo], quadrants: int) -> list[str]:
+    """All row columns, in order, for these models."""
+    cols = list(_HEAD)
+    for info in infos:
+        cols.extend(info.value_columns(quadrants))
+    return cols + _TAIL
+
+
+def column_kind(name: str) -> str:
+    """``"str"``, ``"int"`` or ``"float"``: how a column is stored."""
+    return "str" if name in _TEXT else "int" if name in _INT else "float"
+
+
+def empty_row(columns: Sequence[str], path: str, frame: int) -> dict[str, Any]:
+    """A row of ``columns`` for ``path``/``frame`` with every value missing (NaN, −1 or "")."""
+    row: dict[str, Any] = {}
+    for c in columns:
+        kind = column_kind(c)
+        row[c] = "" if kind == "str" else -1 if kind == "int" else math.nan
+    row.update(file=path, frame=frame, n_frames=-1)
+    return row
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming the problem (xrais errors already name their file)."""
+    text = str(exc) if isinstance(exc, XraisError) else f"{type(exc).__name__}: {exc}"
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    quads: dict[int | None, Any]  # block → (Q, 512, 512) uint8 array or tensor
+    geometry: tuple[float, float, float, float]  # distance_mm, pixel_mm, block, wavelength_A
+
+
+class Scorer:
+    """Loads the models once and turns work items into rows.
+
+    Parameters
+    ----------
+    config : InferConfig
+    infos : sequence of ModelInfo
+        From :func:`describe_models` (the digests are checked again on load).
+    device : str
+        Torch device (see :func:`xrais.infer.runner.resolve_device`).
+    rank : int
+        Written into each row.
+    read_retry_s : float
+        When reading a frame fails, wait this long and try once more (for files still being
+        written); 0 tries once.
+    """
+
+    def __init__(self, config: InferConfig, infos: Sequence[ModelInfo], *, device: str = "cpu", rank: int = 0,
+                 read_retry_s: float = 0.0) -> None:
+        import torch
+
+        from xrais.models import load_pretrained
+
+        self.config = config
+        self.infos = list(infos)
+        self.device = torch.device(device)
+        self.rank = rank
+        self.read_retry_s = read_retry_s
+        self.columns = result_columns(self.infos, config.quadrants)
+        self.models = []
+        for info in self.infos:
+            model = load_pretrained(info.path, device=self.device, sha256=info.sha256)
+            if config.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.models.append(model.eval())
+        self.blocks = [config.block if config.block is not None else info.block for info in self.infos]
+        self.model_names = ";".join(info.name for info in self.infos)
+        self._needs_geometry = any(info.task == "resolution" for info in self.infos)
+        self._pending: list[_Pending] = []
+        self._rows: list[dict[str, Any]] = []
+
+    # -- reading and conditioning
+
+    def _row(self, path: str, frame: int, n_frames: int = -1) -> dict[str, Any]:
+        row = empty_row(self.columns, path, frame)
+        row.update(n_frames=n_frames, models=self.model_names, rank=self.rank)
+        return row
+
+    def _fail(self, row: dict[str, Any], exc: BaseException) -> None:
+        row.update(error=error_text(exc), finished_at=_now())
+        self._rows.append(row)
+
+    def _read(self, reader: Any, index: int) -> Any:
+        try:
+            return reader.read_frame(index)
+        except CorruptImageError:
+            if self.read_retry_s <= 0:
+                raise
+            time.sleep(self.read_retry_s)
+            return reader.read_frame(index)
+
+    def _condition(self, image: Any, row: dict[str, Any]) -> _Pending:
+        from xrais.conditioning import condition
+        from xrais.conditioning.condition import resolve_block
+
+        cfg = self.config
+        if cfg.beam_center_px is not None:
+            image = replace(image, beam_center_px=cfg.beam_center_px)
+        known = bool(image.header.get("geometry_from_header", True))
+        distance_mm = cfg.distance_mm or (image.detector.distance_mm if known else math.nan)
+        wavelength_A = cfg.wavelength_A or (image.beam.wavelength_A if known else math.nan)
+        pixel_mm = float(image.detector.pixel_size_mm[0])
+        block = resolve_block(image, self.blocks[0])
+        row.update(detector=image.detector.name, block=block, distance_mm=float(distance_mm),
+                   wavelength_A=float(wavelength_A), pixel_mm=pixel_mm,
+                   beam_center_fast_px=float(image.beam_center_px[0]),
+                   beam_center_slow_px=float(image.beam_center_px[1]))
+        if self._needs_geometry and not all(math.isfinite(v) and v > 0 for v in (distance_mm, wavelength_A)):
+            raise ConfigError(f"{image.label}: the header gives no usable detector distance and wavelength "
+                              f"({distance_mm} mm, {wavelength_A} Å); give --distance-mm and --wavelength-A")
+        dev = self.device if self.device.type == "cuda" else None
+        quads = {b: condition(image, block=b, quadrants=cfg.quadrants, device=dev) for b in dict.fromkeys(self.blocks)}
+        return _Pending(row, quads, (float(distance_mm), pixel_mm, float(block), float(wavelength_A)))
+
+    def _frames(self, ref: FrameRef, reader: Any) -> list[int]:
+        if ref.frame is not None:
+            return [ref.frame]
+        return [i for i in range(reader.n_frames) if i not in ref.skip]
+
+    def score_item(self, item: WorkItem) -> list[dict[str, Any]]:
+        """Rows for every frame of ``item`` (errors included), in the item's order of frames."""
+        from xrais.conditioning import open_image
+
+        self._rows = []
+        reader, reader_path, open_error = None, None, None
+        try:
+            for ref in item.refs:
+                t0 = time.perf_counter()
+                if reader_path != ref.path:
+                    if reader is not None:
+                        reader.close()
+                    reader, reader_path, open_error = None, ref.path, None
+                    try:
+                        reader = open_image(ref.path)
+                    except Exception as exc:  # a bad file is a row, never a crash
+                        open_error = exc
+                if reader is None:
+                    row = self._row(ref.path, ref.frame if ref.frame is not None else -1)
+                    row["read_s"] = time.perf_counter() - t0
+                    self._fail(row, open_error or CorruptImageError(f"{Path(ref.path).name}: could not be opened"))
+                    continue
+                try:
+                    n_frames, frames = int(reader.n_frames), self._frames(ref, reader)
+                except Exception as exc:
+                    self._fail(self._row(ref.path, -1), exc)
+                    continue
+                for index in frames:
+                    self._score_frame(reader, ref.path, index, n_frames, t0)
+                    t0 = time.perf_counter()
+            self._flush()
+        finally:
+            if reader is not None:
+                reader.close()
+        rows, self._rows = self._rows, []
+        return rows
+
+    def _score_frame(self, reader: Any, path: str, index: int, n_frames: int, t0: float) -> None:
+        row = self._row(path, index, n_frames)
+        try:
+            image = self._read(reader, index)
+            t1 = time.perf_counter()
+            row["read_s"] = t1 - t0
+            pending = self._condition(image, row)
+            row["condition_s"] = time.perf_counter() - t1
+        except Exception as exc:
+            if math.isnan(row["read_s"]):
+                row["read_s"] = time.perf_counter() - t0
+            self._fail(row, exc)
+            return
+        self._pending.append(pending)
+        if len(self._pending) * self.config.quadrants >= self.config.batch_size:
+            self._flush()
+
+    # -- scoring
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        try:
+            geometry = np.array([p.geometry for p in batch], dtype=np.float64)
+            for info, model, block in zip(self.infos, self.models, self.blocks):
+                values = self.forward(model, self._stack([p.quads[block] for p in batch]), geometry)
+                self._fill(info, values, [p.row for p in batch])
+        except Exception as exc:  # e.g. out of memory: every frame of the batch gets the error
+            for p in batch:
+                self._fail(p.row, exc)
+            return
+        share = (time.perf_counter() - t0) / len(batch)
+        for p in batch:
+            p.row.update(score_s=share, finished_at=_now())
+            self._rows.append(p.row)
+
+    def _stack(self, quads: list[Any]) -> Any:
+        import torch
+
+        if isinstance(quads[0], torch.Tensor):
+            return torch.stack(quads)
+        return torch.from_numpy(np.stack(quads))
+
+    def forward(self, model: Any, quads: Any, geometry: np.ndarray) -> np.ndarray:
+        """The main output of ``model`` for each quadrant.
+
+        Parameters
+        ----------
+        model : XraisResNet
+        quads : torch.Tensor, shape (N, Q, 512, 512), uint8
+            Conditioned quadrants (on any device).
+        geometry : ndarray, shape (N, 4), float64
+            ``(distance_mm, pixel_mm, block, wavelength_A)`` per image.
+
+        Returns
+        -------
+        ndarray, shape (N, Q), float64
+            1/d in Å⁻¹ (resolution) or the multi-lattice logit.
+        """
+        import torch
+
+        n, q = int(quads.shape[0]), int(quads.shape[1])
+        dev = next(model.parameters()).device
+        x = quads.reshape(n * q, 1, _SIDE, _SIDE).to(dev, non_blocking=True)
+        pooled = np.stack([geometry[:, 0], geometry[:, 1] * geometry[:, 2], geometry[:, 3]], axis=1)
+        g = torch.from_numpy(np.repeat(pooled, q, axis=0).astype(np.float32)).to(dev)
+        bf16 = self.config.precision == "bf16"
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        out = []
+        bs = self.config.batch_size
+        with torch.inference_mode(), autocast:
+            for start in range(0, n * q, bs):
+                xb = x[start : start + bs]
+                if self.config.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                out.append(model(xb, g[start : start + bs])[model.output_name].float().cpu())
+        return torch.cat(out).numpy().astype(np.float64).reshape(n, q)
+
+    def _fill(self, info: ModelInfo, values: np.ndarray, rows: list[dict[str, Any]]) -> None:
+        p = info.prefix
+        if info.task == "resolution":
+            with np.errstate(divide="ignore"):
+                d = np.where(values > 0, 1.0 / np.where(values > 0, values, 1.0), np.inf)
+            for row, dq in zip(rows, d):
+                for i, v in enumerate(dq):
+                    row[f"{p}resolution_q{i}_A"] = float(v)
+                row[f"{p}min_resolution_A"] = float(dq.min())
+                row[f"{p}mean_resolution_A"] = float(dq.mean())
+        else:
+            prob = 1.0 / (1.0 + np.exp(-np.clip(values, -500.0, 500.0)))
+            for row, pq in zip(rows, prob):
+                for i, v in enumerate(pq):
+                    row[f"{p}multilattice_q{i}_probability"] = float(v)
+                row[f"{p}multilattice_probability"] = float(pq.mean())
