@@ -39,6 +39,8 @@ def simulate(
     backend: str = typer.Option("auto", "--backend", help="auto, numba (CPU) or cuda (GPU)."),
     save_raw: Optional[str] = typer.Option(None, "--save-raw", help="Also write raw frames: cbf (miniCBF) or nxs (NXmx HDF5)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the full configuration as TOML and exit."),
+    shoeboxes: bool = typer.Option(False, "--shoeboxes", help="Simulate per-reflection shoeboxes of a rotation series "
+                                   "or stills instead (--config: a shoebox experiment; --n-images: frames)."),
 ) -> None:
     """Simulate a labelled training set (XRAIS Appendix A by default) into HDF5 shards.
 
@@ -51,6 +53,9 @@ def simulate(
     from xrais.errors import ConfigError
     from xrais.simulate.config import load_config
 
+    if shoeboxes:
+        _simulate_shoeboxes(out, n_images, config, seed, backend, print_config)
+        return
     cfg = load_config(config, preset=preset)
     if print_config:
         print(cfg.to_toml(), end="")
@@ -88,6 +93,28 @@ def simulate(
     console.print(f"rank {rank}: {len(report.made)} image(s) made, {report.skipped_done} already done, "
                   f"{len(report.failed)} failed; {rate:.3g} images/s ({stages}); shards: "
                   f"{', '.join(p.name for p in report.shards) or 'none new'}")
+
+
+def _simulate_shoeboxes(out: Optional[Path], n_images: int, config: Optional[Path], seed: int, backend: str,
+                        print_config: bool) -> None:
+    """``xrais simulate --shoeboxes``: :func:`xrais.simulate.shoebox_io.simulate_shoebox_dataset` on this rank."""
+    from xrais.cli import console
+    from xrais.errors import ConfigError
+    from xrais.simulate.shoebox_io import experiment_to_toml, load_experiment, simulate_shoebox_dataset
+
+    experiment = load_experiment(config, **({"shoeboxes": {"n_images": n_images}} if n_images > 0 else {}))
+    if print_config:
+        print(experiment_to_toml(experiment), end="")
+        return
+    if out is None:
+        raise ConfigError("xrais simulate --shoeboxes: give --out DIR")
+    comm = mpi_world()
+    if comm is not None and backend in ("auto", "cuda"):
+        _share_gpus(comm)
+    report = simulate_shoebox_dataset(experiment, out, seed=seed, backend=backend, comm=comm)
+    done = "already complete" if report["skipped"] else f"simulated in {report['seconds']:.1f} s"
+    console.print(f"rank {report['rank']}: images {report['images'][0]}–{report['images'][1] - 1}, "
+                  f"{report['reflections']} shoeboxes {done}; wrote {report['file']}")
 
 
 def show(
