@@ -26,6 +26,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_conditioning.py --data "$(DATA)"
 	$(PY) benchmarks/bench_simulator.py --shared "$(DATA)/.."
 	$(PY) benchmarks/bench_simulate.py
+	$(PY) benchmarks/bench_spots.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_infer.py --data "$(DATA)"
+	$(PY) benchmarks/bench_integrate.py
+	$(PY) benchmarks/bench_scale.py --data "$(DATA)" --out "$${TMPDIR:-/tmp}/xrais-bench-scale"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

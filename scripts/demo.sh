@@ -25,9 +25,23 @@ echo "== xrais nanobragg: a lysozyme still on a 1024×1024 PILATUS-pitch detecto
 xrais info "$OUT/sim_noise.img"
 xrais condition "$OUT/sim_noise.img" --out "$OUT/simulated" --png
 
-echo "== xrais simulate: 3 labelled PILATUS 6M training images (XRAIS Appendix A defaults), then one shown"
-xrais simulate --n-images 3 --out "$OUT/training" --seed 1 --backend numba
+echo "== xrais simulate: 8 labelled PILATUS 6M training images (XRAIS Appendix A defaults), then one shown"
+xrais simulate --n-images 8 --out "$OUT/training" --seed 1 --backend numba
 xrais show "$OUT/training/sim_r0000_00000.h5" --index 0 --out "$OUT/training/image0.png"
+
+echo "== xrais train: a ResNet-18 resolution model, 2 epochs on those images (a smoke run; real sets are 10⁵ images)"
+xrais train --data "$OUT/training" --task resolution --arch resnet18 --epochs 2 --batch-size 2 --workers 0 \
+    --val-fraction 0.25 --out "$OUT/model"
+xrais evaluate --model "$OUT/model" --data "$OUT/training" --out "$OUT/model/evaluation" --workers 0
+
+echo "== xrais infer: the real PILATUS 6M images scored with that model (4 quadrants), then the strip chart"
+xrais infer "$DATA"/real/pilatus6m/* --model "$OUT/model" --quadrants 4 --out "$OUT/results"
+xrais plot "$OUT/results" --out "$OUT/results/strip.png"
+
+echo "== shoeboxes: a 6-frame lysozyme-cell rotation series, integrated (variational, trained here) and merged"
+xrais simulate --shoeboxes --out "$OUT/shoeboxes" --seed 1 --n-images 6
+xrais integrate "$OUT/shoeboxes" --model "$OUT/integrator.safetensors" --train --epochs 3 --out "$OUT/reflections"
+xrais merge "$OUT/reflections.mtz" --out "$OUT/merged.mtz"
 
 echo "== shards and PNGs"
 ls -l "$OUT" "$OUT/png" "$OUT/simulated/png" "$OUT/training"

@@ -56,14 +56,16 @@ def _register_stages() -> None:
     from xrais.simulate.cli import register as register_nanobragg
     from xrais.simulate.cli_dataset import register as register_simulate
     from xrais.models.cli import register as register_models
+    from xrais.train.cli import register as register_train
     from xrais.infer.cli import register as register_infer
     from xrais.infer.cli_merge import register as register_merge
-    from xrais.models.variational.cli import register as register_integrate
 
     register_simulate(app)
     register_conditioning(app)
     register_nanobragg(app)
     register_models(app)
+    register_train(app)
+    from xrais.models.variational.cli import register as register_integrate
     register_integrate(app)
     register_infer(app)
     register_merge(app)

@@ -1,0 +1,131 @@
+"""``xrais train`` (one process, or W under torchrun) and ``xrais evaluate`` (held-out shards)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+__all__ = ["register", "train", "evaluate"]
+
+
+def _data_args(shards: Optional[List[Path]], data: Optional[List[Path]]) -> tuple[str, ...]:
+    return tuple(str(p) for p in [*(data or []), *(shards or [])])
+
+
+def train(
+    shards: Optional[List[Path]] = typer.Argument(None, help="Shards, manifests or folders (also --data).",
+                                                  show_default=False),
+    data: Optional[List[Path]] = typer.Option(None, "--data", "-d",
+                                              help="manifest.json, .h5 shard or folder; repeat for more."),
+    task: str = typer.Option("resolution", "--task", help="resolution or multilattice."),
+    arch: str = typer.Option("resnet50", "--arch", help="resnet18, resnet34, resnet50, resnet101 or resnet152."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (resumes the run found there)."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs in all (a resumed run goes on to this number)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch: images per step over all processes."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 6e-3 resolution, 1.04e-3 "
+                                       "multilattice]."),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum [default: 0.9 / 0.9983]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 0 / 2.5e-4]."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="mae or mse (resolution), bce (multilattice)."),
+    heads: Optional[List[str]] = typer.Option(None, "--heads", help="Extra head, a labels/<name> column; repeat "
+                                              "or separate with commas."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="FC1 dropout [default: 0 / 0.5]."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of images held out."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader workers per process."),
+    seed: int = typer.Option(0, "--seed", help="Seed of split, weights, order and augmentation."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision [default: on with CUDA]."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="Channels-last memory format [default: on with CUDA]."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="Random photon gain (0.5–2×) per image."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    sync_batchnorm: bool = typer.Option(True, "--sync-batchnorm/--no-sync-batchnorm",
+                                        help="BatchNorm over the global batch under torchrun."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant or cosine."),
+) -> None:
+    """Train a resolution or multi-lattice model on simulated shards.
+
+    Run as is for one process (CPU or one GPU), or as `torchrun --nproc_per_node G -m xrais.cli
+    train …` for G processes (NCCL on GPUs, gloo on CPUs; --batch-size is the global batch).
+    Killed and run again with the same command, it resumes after the last saved epoch.
+    """
+    from xrais.cli import console
+    from xrais.errors import ConfigError
+    from xrais.train.config import make_train_config
+    from xrais.train.loop import train as run_training
+
+    paths = _data_args(shards, data)
+    if not paths or out is None:
+        raise ConfigError("xrais train: give the data (--data DIR or shard files) and --out DIR")
+    head_names = tuple(h.strip() for item in (heads or []) for h in item.split(",") if h.strip())
+    cfg = make_train_config(
+        data=paths, out=str(out), task=task, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, loss=loss, heads=head_names, dropout=dropout,
+        val_fraction=val_fraction, workers=workers, seed=seed, amp=amp, channels_last=channels_last,
+        compile=compile, augment=augment, device=device, sync_batchnorm=sync_batchnorm, lr_schedule=lr_schedule)
+    main = int(os.environ.get("RANK", "0")) == 0
+
+    def report(row: dict) -> None:
+        if not main:
+            return
+        val = (f"val loss {row['val_loss']:.4g} acc {row['val_accuracy']:.3f}" if row["val_loss"] is not None
+               else "no held-out images")
+        console.print(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4g} "
+                      f"acc {row['train_accuracy']:.3f}, {val}, lr {row['lr']:.3g}, "
+                      f"{row['images_per_s']:.1f} images/s, {row['seconds']:.1f} s", highlight=False)
+
+    result = run_training(cfg, on_epoch=report)
+    if main:
+        if result.start_epoch and result.start_epoch >= cfg.epochs:
+            console.print(f"{out}: all {cfg.epochs} epochs were already done; nothing to train", highlight=False)
+        elif result.start_epoch:
+            console.print(f"resumed after epoch {result.start_epoch}", highlight=False)
+        console.print(f"{result.world_size} process(es); best epoch {result.best_epoch} "
+                      f"(loss {result.best_value:.4g}); wrote {out / 'best.safetensors'}, "
+                      f"{out / 'last.safetensors'}, {out / 'metrics.csv'}, {out / 'training.png'}", highlight=False)
+
+
+def evaluate(
+    shards: Optional[List[Path]] = typer.Argument(None, help="Shards, manifests or folders (also --data).",
+                                                  show_default=False),
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint file, training folder or model name."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", "-d", help="Held-out shards; repeat for more."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the tables and plots."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Quadrants per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader workers."),
+) -> None:
+    """Score a trained model on held-out shards: predicted-vs-true plot (or ROC) and error table."""
+    from rich.table import Table
+
+    from xrais.cli import console
+    from xrais.errors import ConfigError
+    from xrais.train.evaluate import evaluate as run_evaluation
+
+    paths = _data_args(shards, data)
+    if not paths:
+        raise ConfigError("xrais evaluate: give the held-out data (--data DIR or shard files)")
+    result = run_evaluation(model, paths, out, batch_size=batch_size, device=device, workers=workers)
+    table = Table(title=f"{result.model_path.name}: {result.task}, {result.n_quadrants} quadrants")
+    for key in result.table[0]:
+        table.add_column(key, justify="left" if key == "bin" else "right")
+    for row in result.table:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    if result.confusion is not None:
+        conf = Table(title="confusion (rows: true, columns: predicted)")
+        for name in ("", "single", "multiple"):
+            conf.add_column(name, justify="right")
+        for name, counts in zip(("single", "multiple"), result.confusion):
+            conf.add_row(name, *(str(int(c)) for c in counts))
+        console.print(conf)
+    console.print("wrote " + ", ".join(str(p) for p in result.files.values()), highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``xrais train`` and ``xrais evaluate`` to the ``xrais`` app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
