@@ -30,22 +30,11 @@ def _parse_cell(text: Optional[str]) -> Optional[tuple[float, ...]]:
 
 
 def _read_config(path: Optional[Path]) -> dict:
-    import json
-
-    from xrais.errors import ConfigError
-
     if path is None:
         return {}
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such merge config file")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
+    from xrais.config_files import read_config_file
 
-            return tomllib.loads(path.read_text())
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path.name}: cannot parse ({exc})") from None
+    return read_config_file(path, "merge config")
 
 
 def _reference_truth(path: Path, unique: object) -> object:

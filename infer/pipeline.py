@@ -45,6 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xrais._version import __version__
+from xrais.config_files import read_config_file
 from xrais.errors import ConfigError, DatasetError
 from xrais.infer.merge import (
     MergeConfig,
@@ -108,23 +109,12 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         Naming the file and the first bad key.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such pipeline config file")
+    values = read_config_file(p, "pipeline config")
     try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            values = tomllib.loads(p.read_text())
-        elif p.suffix.lower() == ".json":
-            values = json.loads(p.read_text())
-        else:
-            raise ConfigError(f"{p.name}: expected a .toml or .json pipeline config")
         return PipelineConfig.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{p.name}: {'.'.join(str(v) for v in first['loc'])}: {first['msg']}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{p.name}: cannot parse ({exc})") from None
 
 
 # --- per-image sources --------------------------------------------------------------------------

@@ -11,12 +11,12 @@ A configuration is a TOML or YAML file with any subset of the fields; unknown ke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from xrais.config_files import read_config_file, toml_value
 from xrais.errors import ConfigError
 from xrais.geometry import DETECTOR_CATALOG
 from xrais.simulate.detector_effects import DetectorEffectsConfig
@@ -135,22 +135,10 @@ class SimulationConfig(_Frozen):
         """
         data = self.model_dump(mode="json")
         tables = {k: data.pop(k) for k in list(data) if isinstance(data[k], dict)}
-        lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None]
+        lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if v is not None]
         for name, table in tables.items():
-            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+            lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
         return "\n".join(lines) + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
 
 
 #: Named starting points: XRAIS's resolution and multi-lattice training sets.
@@ -167,24 +155,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        import tomllib
-
-        return tomllib.loads(text)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"{path.name}: reading YAML needs PyYAML (pip install pyyaml); or use TOML") from None
-        data = yaml.safe_load(text)
-        return data or {}
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
-    raise ConfigError(f"{path.name}: expected a .toml, .yaml/.yml or .json configuration file")
-
-
 def load_config(path: str | Path | None = None, *, preset: str = "resolution", **overrides: Any) -> SimulationConfig:
     """A validated configuration: a preset, then the file's values, then ``overrides``.
 
@@ -199,12 +169,7 @@ def load_config(path: str | Path | None = None, *, preset: str = "resolution", *
     where = f"preset {preset}"
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such configuration file")
-        try:
-            data = _read_mapping(p)
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"{p.name}: cannot parse ({exc})") from None
+        data = read_config_file(p)
         if "preset" in data:
             values = dict(PRESETS.get(data.pop("preset"), {}))
         values.update(data)

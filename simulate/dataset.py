@@ -22,6 +22,7 @@ import numpy as np
 
 from xrais._version import __version__
 from xrais.conditioning.transform import condition_pixels
+from xrais.config_files import claim_run_file
 from xrais.errors import ConfigError, XraisError
 from xrais.io import ShardWriter, read_shard
 from xrais.simulate.config import SimulationConfig
@@ -57,21 +58,6 @@ def done_indices(out_dir: Path) -> set[int]:
         _, cols, _ = read_shard(shard, images=False)
         done.update(int(v) for v in cols["source/index"])
     return done
-
-
-def _check_run_file(out_dir: Path, description: dict[str, Any], rank: int, comm: Any) -> None:
-    path = out_dir / RUN_FILE
-    if rank == 0 and not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(description, indent=1))
-        tmp.replace(path)
-    if comm is not None:
-        comm.Barrier()
-    existing = json.loads(path.read_text())
-    mismatch = [k for k in ("seed", "config") if existing.get(k) != description.get(k)]
-    if mismatch:
-        raise ConfigError(f"{out_dir}: holds a set made with a different {' and '.join(mismatch)}; "
-                          "resume with the same arguments or use a new --out folder")
 
 
 def write_minicbf(path: Path, image: SimulatedImage) -> Path:
@@ -212,7 +198,7 @@ def simulate_dataset(
         raise ConfigError(f"structures_dir {config.structures_dir}: no PDB/mmCIF files found")
     check_disk_space(out, n_images, config, save_raw)
     description = {"seed": int(seed), "config": json.loads(config.to_json()), "xrais_version": __version__}
-    _check_run_file(out, description, rank, comm)
+    claim_run_file(out / RUN_FILE, description, ("seed", "config"), rank, comm, what="a set")
     done = done_indices(out)
     report = SimulationReport(rank=rank)
     mine = [i for i in range(rank, n_images, size)]

@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xrais._version import __version__
+from xrais.config_files import claim_run_file, read_config_file, toml_value
 from xrais.errors import ConfigError, DatasetError
 from xrais.simulate.shoeboxes import SHOEBOX_ARRAYS, ShoeboxConfig, ShoeboxSet
 
@@ -140,21 +141,8 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Shoebox
     values: dict[str, Any] = {}
     where = "shoebox experiment"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such configuration file")
-        try:
-            if p.suffix.lower() == ".toml":
-                import tomllib
-
-                values = tomllib.loads(p.read_text())
-            elif p.suffix.lower() == ".json":
-                values = json.loads(p.read_text())
-            else:
-                raise ConfigError(f"{p.name}: expected a .toml or .json configuration file")
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"{p.name}: cannot parse ({exc})") from None
-        where = p.name
+        values = read_config_file(path, "shoebox experiment file")
+        where = Path(path).name
     sb = dict(values.pop("shoeboxes", {}) or {})
     sb.update(overrides.pop("shoeboxes", {}) or {})
     values.update(overrides)
@@ -168,24 +156,12 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Shoebox
         raise ConfigError(f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
 def experiment_to_toml(experiment: ShoeboxExperiment) -> str:
     """The experiment as a TOML file that :func:`load_experiment` reads back."""
     data = experiment.model_dump(mode="json")
     table = data.pop("shoeboxes")
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None]
-    lines += ["", "[shoeboxes]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    lines = [f"{k} = {toml_value(v)}" for k, v in data.items() if v is not None]
+    lines += ["", "[shoeboxes]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -283,21 +259,6 @@ def read_shoebox_files(paths: Sequence[str | Path]) -> ShoeboxSet:
 
 
 # --------------------------------------------------------------------------- runs
-def _check_run_file(out: Path, description: dict[str, Any], rank: int, comm: Any) -> None:
-    path = out / RUN_FILE
-    if rank == 0 and not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(description, indent=1))
-        tmp.replace(path)
-    if comm is not None:
-        comm.Barrier()
-    existing = json.loads(path.read_text())
-    mismatch = [k for k in ("seed", "config", "ranks") if existing.get(k) != description.get(k)]
-    if mismatch:
-        raise ConfigError(f"{out}: holds shoeboxes made with a different {' and '.join(mismatch)}; "
-                          "resume with the same arguments (and number of ranks) or use a new --out folder")
-
-
 def simulate_shoebox_dataset(experiment: ShoeboxExperiment, out_dir: str | Path, *, seed: int = 0,
                              backend: str = "auto", comm: Any = None) -> dict[str, Any]:
     """Simulate an experiment's shoeboxes into ``out_dir`` (this rank's wedge of images).
@@ -316,7 +277,8 @@ def simulate_shoebox_dataset(experiment: ShoeboxExperiment, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads(experiment.to_json())
-    _check_run_file(out, {"seed": int(seed), "config": config, "ranks": size, "xrais_version": __version__}, rank, comm)
+    claim_run_file(out / RUN_FILE, {"seed": int(seed), "config": config, "ranks": size, "xrais_version": __version__},
+                   ("seed", "config", "ranks"), rank, comm, what="shoeboxes")
     n = experiment.shoeboxes.n_images
     wedge = range(rank * n // size, (rank + 1) * n // size)
     path = out / f"shoeboxes_r{rank:04d}.h5"
