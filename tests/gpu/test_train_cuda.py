@@ -15,7 +15,7 @@ from xrais.train import make_train_config, train
 
 
 def _first_rows(folder, n=8):
-    images, cols, _ = read_shard(list_shards(folder, "sim")[0])
+    images, cols, _ = read_shard(list_shards(folder, "sim_r0000")[0])
     geometry = np.stack([cols["geometry/distance_mm"], cols["geometry/pixel_mm"], cols["geometry/downsample"],
                          cols["geometry/wavelength_A"]], axis=1)
     return images[:n], geometry[:n]
