@@ -140,7 +140,6 @@ def save_checkpoint(model: Any, path: str | os.PathLike[str], /, **provenance: A
         ``model`` is not an xrais model.
     """
     import torch
-    from safetensors.torch import save_file
 
     from xrais.models.resnet import XraisResNet
 
@@ -157,10 +156,22 @@ def save_checkpoint(model: Any, path: str | os.PathLike[str], /, **provenance: A
         "xrais_version": __version__,
         "num_params": str(inner.num_params()),
     }
+    return write_safetensors(tensors, path, metadata)
+
+
+def write_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str]) -> Path:
+    """Write tensors and a string metadata header as one safetensors file, atomically.
+
+    The file is written under a temporary name in the same folder and renamed into place, so
+    a killed process never leaves a truncated checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

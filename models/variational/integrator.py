@@ -39,7 +39,6 @@ at (0.5, 0.5, 0.5) from the shoebox corner.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -399,22 +398,13 @@ def save_integrator(model: VariationalIntegrator, path: str | Path, **provenance
     The file is safetensors; ``meta`` sits in its metadata header, so :func:`load_integrator`
     needs nothing else.
     """
-    from safetensors.torch import save_file
+    from xrais.models.checkpoint import write_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": INTEGRATOR_FORMAT, "xrais_version": __version__, "config": model.config.model_dump_json(),
             "num_params": str(sum(p.numel() for p in model.parameters())),
             "provenance": json.dumps(provenance, default=str)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_safetensors(state, path, meta)
 
 
 def load_integrator(path: str | Path, device: torch.device | str = "cpu") -> VariationalIntegrator:
