@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xrais._version import __version__
 from xrais.errors import ConfigError, DatasetError
+from xrais.parallel import torch_device
 from xrais.infer import merge_stats as ms
 from xrais.models.variational.scaler import (
     ReflectionBatch,
@@ -87,14 +88,6 @@ class MergeConfig(BaseModel):
     warmup_images: int = Field(64, ge=1, description="images that fix the normalisation and Wilson Σ (streaming)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
     seed: int = Field(0, ge=0, description="seed of the image split and shuffling")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda': no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -195,7 +188,7 @@ class OnlineMerger:
 
     def __init__(self, unique: UniqueReflections, config: MergeConfig, n_metadata: int) -> None:
         self.unique, self.config, self.n_metadata = unique, config, int(n_metadata)
-        self.device = _device(config.device)
+        self.device = torch_device(config.device)
         self.model: VariationalScaler | None = None
         self.trainer: ScalerTrainer | None = None
         self.wilson: WilsonShells | None = None

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from xrais.errors import ConfigError, XraisError
+from xrais.errors import XraisError
+from xrais.parallel import torch_device
 from xrais.infer.config import InferConfig, WatchConfig
 from xrais.infer.results import ResultsWriter
 from xrais.infer.scoring import Scorer, describe_models, empty_row, error_text, result_columns
@@ -109,29 +110,16 @@ def _filter(refs: Sequence[FrameRef], done: DoneIndex, queued: set[tuple[str, in
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> str:
-    """The torch device a rank uses.
+    """The torch device a rank uses, as a string (:func:`xrais.parallel.torch_device`).
 
-    ``auto`` is a GPU when one is present, else the CPU. ``auto`` and ``cuda`` put the ranks
-    of a node on the node's GPUs in turn (``local_rank`` modulo the GPU count), so several
-    ranks share a GPU when there are more ranks than GPUs.
+    ``auto`` is a GPU when one is present, else the CPU; ranks of a node share its GPUs in turn.
 
     Raises
     ------
     ConfigError
         CUDA asked for and not available.
     """
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    has_cuda = torch.cuda.is_available()
-    if requested == "auto" and not has_cuda:
-        return "cpu"
-    if not has_cuda:
-        raise ConfigError(f"--device {requested}: CUDA is not available on this machine; use cpu or auto")
-    if requested.startswith("cuda:"):
-        return requested
-    return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return str(torch_device(requested, local_rank))
 
 
 def _node_layout(comm: Any) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from xrais.errors import ConfigError
+from xrais.parallel import torch_device
 
 __all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_reduce_sum", "broadcast_object", "barrier",
            "wrap_model",
@@ -62,20 +62,17 @@ class DistInfo:
 
 
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``cuda:<local_rank>`` or ``cpu`` for ``choice`` in auto/cpu/cuda.
+    """``cuda:<local_rank>`` or ``cpu`` for ``choice`` in auto/cpu/cuda, made this process's current device.
 
     Raises
     ------
     ConfigError
         ``cuda`` asked for on a machine without a CUDA device.
     """
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device cuda: expected a CUDA device, torch finds none (use --device cpu or auto)")
-    index = local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    device = torch_device(choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
