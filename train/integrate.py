@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xrais._version import __version__
 from xrais.errors import ConfigError, DatasetError
+from xrais.parallel import torch_device
 from xrais.models.variational.integrator import (
     IntegratorConfig,
     ShoeboxBatch,
@@ -82,20 +83,8 @@ class IntegrateTrainConfig(BaseModel):
 
 
 def choose_device(device: str = "auto") -> torch.device:
-    """``cuda`` when asked or available (``auto``), else ``cpu``.
-
-    Raises
-    ------
-    ConfigError
-        ``cuda`` without a CUDA device, or an unknown name.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda': no CUDA device is available; use 'cpu' or 'auto'")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
-    return torch.device(device)
+    """The device to train and integrate on (:func:`xrais.parallel.torch_device`)."""
+    return torch_device(device)
 
 
 def _usable(shoeboxes: ShoeboxSet, shape: tuple[int, int, int] | None) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -377,12 +366,13 @@ def write_reflections_mtz(path: str | Path, table: pd.DataFrame, *, cell: Sequen
     """The reflection table as an unmerged MTZ (gemmi): H, K, L in the asymmetric unit with M/ISYM,
     BATCH, then every other numeric column (I, SIGI: type J, Q; BATCH: B; the rest R)."""
     import gemmi
-    import reciprocalspaceship as rs
+
+    from xrais.models.variational.wilson import reduce_to_asu_array
 
     path = Path(path)
     sg = gemmi.SpaceGroup(space_group)
     hkl = table[["H", "K", "L"]].to_numpy(np.int32)
-    asu, isym = rs.utils.hkl_to_asu(hkl, sg) if len(hkl) else (hkl, np.zeros(0, np.int32))
+    asu, isym = reduce_to_asu_array(hkl, sg)
     mtz = gemmi.Mtz()
     mtz.spacegroup = sg
     mtz.title = title
