@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from xrais.errors import ConfigError
 
@@ -32,6 +33,29 @@ def _plain(model: Any) -> Any:
     if not isinstance(inner, XraisResNet):
         raise ConfigError(f"export: expected an XraisResNet, got {type(inner).__name__}")
     return inner
+
+
+@contextmanager
+def _exporting(model: Any, path: str | os.PathLike[str]) -> Iterator[tuple[Any, Path]]:
+    """The plain model in eval mode on the CPU, and a temporary file beside ``path``.
+
+    On success the temporary file is renamed to ``path``; in every case the model goes back
+    to its device and mode and no temporary file is left.
+    """
+    model = _plain(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval().to("cpu")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield model, tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        model.to(device).train(was_training)
 
 
 def example_inputs(model: Any, batch: int = 2) -> tuple[Any, ...]:
@@ -104,22 +128,11 @@ def export_torchscript(model: Any, path: str | os.PathLike[str]) -> Path:
     """
     import torch
 
-    model = _plain(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval().to("cpu")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
-            scripted = torch.jit.script(model)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.jit.save(scripted, str(tmp), _extra_files={"xrais_config.json": model.config.model_dump_json()})
-        os.replace(tmp, path)
-    finally:
-        model.to(device).train(was_training)
-    return path
+    with _exporting(model, path) as (model, tmp), warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, str(tmp), _extra_files={"xrais_config.json": model.config.model_dump_json()})
+    return Path(path)
 
 
 def export_onnx(model: Any, path: str | os.PathLike[str], *, opset: int | None = None) -> Path:
@@ -142,19 +155,12 @@ def export_onnx(model: Any, path: str | os.PathLike[str], *, opset: int | None =
     import onnx
     import torch
 
-    model = _plain(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval().to("cpu")
-    wrapper = _TupleOutputs.wrap(model)
-    inputs = example_inputs(model)
-    input_names = ["images", "geometry"][: len(inputs)]
-    batch = torch.export.Dim("batch", min=1)
-    shapes = {"images": {0: batch}} if len(inputs) == 1 else {"images": {0: batch}, "geometry": {0: batch}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with _exporting(model, path) as (model, tmp):
+        wrapper = _TupleOutputs.wrap(model)
+        inputs = example_inputs(model)
+        input_names = ["images", "geometry"][: len(inputs)]
+        batch = torch.export.Dim("batch", min=1)
+        shapes = {"images": {0: batch}} if len(inputs) == 1 else {"images": {0: batch}, "geometry": {0: batch}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=input_names,
@@ -163,12 +169,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], *, opset: int | None =
         proto = program.model_proto
         onnx.helper.set_model_props(proto, {"xrais_config": model.config.model_dump_json()})
         onnx.save_model(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-        model.to(device).train(was_training)
-    return path
+    return Path(path)
 
 
 def export_model(model: Any, path: str | os.PathLike[str], *, format: str, opset: int | None = None) -> Path:
