@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -162,7 +161,7 @@ def make_image_source(config: PipelineConfig) -> ImageSource:
 def _shoebox_source(config: PipelineConfig) -> ImageSource:
     """Simulate an image's shoeboxes and integrate them with the trained variational integrator."""
     from xrais.models.variational.integrator import load_integrator
-    from xrais.simulate.shoebox_io import build_experiment, load_experiment
+    from xrais.simulate.shoebox_io import build_experiment, crystal_scale_of, load_experiment
     from xrais.simulate.shoeboxes import simulate_shoeboxes
     from xrais.train.integrate import integrate_shoeboxes
 
@@ -170,9 +169,7 @@ def _shoebox_source(config: PipelineConfig) -> ImageSource:
         raise ConfigError("pipeline source 'shoeboxes' needs 'integrator' (a trained integrator checkpoint)")
     experiment = load_experiment(None, **(config.experiment or {}))
     crystal, beam, detector = build_experiment(experiment, config.seed)
-    domain_volume = math.prod(crystal.n_cells) * abs(float(np.linalg.det(crystal.real_space_matrix)))
-    shoebox_config = experiment.shoeboxes.model_copy(
-        update={"crystal_scale": (experiment.crystal_size_um * 1e4) ** 3 / domain_volume})
+    shoebox_config = experiment.shoeboxes.model_copy(update={"crystal_scale": crystal_scale_of(experiment, crystal)})
     model = load_integrator(config.integrator)
 
     def make_image(index: int) -> pd.DataFrame:
