@@ -15,7 +15,7 @@ import numpy as np
 from xrais.errors import ConfigError
 from xrais.geometry import Detector
 
-__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend", "METHODS", "AUTO_SPOT_FRACTION",
+__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend", "METHODS", "AUTO_SPOT_FRACTION", "AUTO_SPOT_FRACTION_PER_SAMPLE",
            "FLAG_OMEGA_ONCE", "FLAG_POLAR_ONCE", "FLAG_POINT_PIXEL", "FLAG_NO_POLAR", "FLAG_NANOBRAGG_BACKGROUND"]
 
 Backend = Literal["auto", "numba", "cuda"]
@@ -25,10 +25,14 @@ FLAG_OMEGA_ONCE, FLAG_POLAR_ONCE, FLAG_POINT_PIXEL, FLAG_NO_POLAR, FLAG_NANOBRAG
 
 def panel_table(detector: Detector) -> np.ndarray:
     """Per panel: origin xyz (mm), fast xyz, slow xyz, pitch f, s (mm), close distance (mm); (P, 12)."""
-    rows = []
-    for p in detector.panels:
-        rows.append([*p.origin_mm, *p.fast_axis, *p.slow_axis, *p.pixel_size_mm, p.distance_mm])
-    return np.array(rows, dtype=np.float64)
+    origin = np.array([p.origin_mm for p in detector.panels], dtype=np.float64).reshape(-1, 3)
+    fast = np.array([p.fast_axis for p in detector.panels], dtype=np.float64).reshape(-1, 3)
+    slow = np.array([p.slow_axis for p in detector.panels], dtype=np.float64).reshape(-1, 3)
+    pitch = np.array([p.pixel_size_mm for p in detector.panels], dtype=np.float64).reshape(-1, 2)
+    normal = np.cross(fast, slow)
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    close = np.abs(np.einsum("ij,ij->i", origin, normal))  # Panel.distance_mm
+    return np.column_stack([origin, fast, slow, pitch, close])
 
 
 def pixel_rows(detector: Detector, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -39,16 +43,20 @@ def pixel_rows(detector: Detector, roi: tuple[int, int, int, int] | None = None)
     """
     n_slow, n_fast = detector.array_shape
     f_min, f_max, s_min, s_max = roi if roi is not None else (0, n_fast - 1, 0, n_slow - 1)
-    rows = []
+    blocks = []
     for i, p in enumerate(detector.panels):
         off_f, off_s = p.array_offset_px
         f_lo = max(0, f_min - off_f)
         f_hi = min(p.image_size[0], f_max - off_f + 1)
         if f_hi <= f_lo:
             continue
-        for s in range(max(0, s_min - off_s), min(p.image_size[1], s_max - off_s + 1)):
-            rows.append((i, s, f_lo, f_hi, off_s + s, off_f))
-    return np.array(rows, dtype=np.int64).reshape(-1, 6)
+        s = np.arange(max(0, s_min - off_s), min(p.image_size[1], s_max - off_s + 1), dtype=np.int64)
+        block = np.empty((len(s), 6), dtype=np.int64)
+        block[:] = (i, 0, f_lo, f_hi, off_s, off_f)
+        block[:, 1] = s
+        block[:, 4] += s
+        blocks.append(block)
+    return np.concatenate(blocks) if blocks else np.zeros((0, 6), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class KernelPlan:
     @property
     def evaluations(self) -> int:
         """Lattice evaluations of the whole render: pixels × steps."""
-        return int(sum(r[3] - r[2] for r in self.rows)) * self.steps
+        return int((self.rows[:, 3] - self.rows[:, 2]).sum()) * self.steps if len(self.rows) else 0
 
     def kernel_args(self) -> tuple:
         """Positional arguments of the kernels, after the output image."""
@@ -116,11 +124,15 @@ def choose_backend(backend: Backend) -> str:
     raise ConfigError(f"backend {backend!r}: expected 'auto', 'numba' or 'cuda'")
 
 
-#: ``method="auto"`` renders spot-centric when that evaluates fewer than this fraction of the
-#: brute-force (pixel, orientation, source) terms: a spot term recomputes the pixel's geometry,
-#: which the brute-force kernel shares between orientations, and the window search costs too
-#: (on the CPU the two methods take the same time near a fraction of 0.09).
-AUTO_SPOT_FRACTION = 0.08
+#: ``method="auto"`` renders spot-centric when its windows hold fewer than this fraction of the
+#: brute-force (pixel, orientation, source) terms and every sample of a pixel has the same Ω·P
+#: (one sub-pixel and one source, or Ω and P once per pixel): a spot term recomputes the pixel's
+#: geometry, which the brute-force kernel shares between orientations, and the window search
+#: costs too (on the CPU the two methods take the same time near a fraction of 0.8).
+AUTO_SPOT_FRACTION = 0.5
+#: The same when Ω·P varies between the samples of a pixel (sub-pixels, several sources), where a
+#: spot term also recomputes it (the two methods take the same time near 0.3).
+AUTO_SPOT_FRACTION_PER_SAMPLE = 0.2
 METHODS = ("auto", "brute", "spots")
 
 
@@ -132,32 +144,34 @@ def run_plan(plan: KernelPlan, backend: Backend = "auto", *, method: str = "brut
     ``method="spots"`` the same per-pixel physics only where an orientation's lattice transform
     is at least ``tolerance`` × its peak (:mod:`xrais.simulate.kernel_spots`); ``method="auto"``
     lists the spot windows and renders spot-centric when they hold fewer than
-    :data:`AUTO_SPOT_FRACTION` of the brute-force terms, else brute force.
+    :data:`AUTO_SPOT_FRACTION` (:data:`AUTO_SPOT_FRACTION_PER_SAMPLE`) of the brute-force
+    terms, else brute force.
     """
     if method not in METHODS:
         raise ConfigError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     if method != "brute" and not 0.0 < tolerance < 1.0:
         raise ConfigError(f"tolerance {tolerance!r}: expected 0 < tolerance < 1")
-    spans = None
+    windows = None
     if method == "auto":
-        from xrais.simulate.kernel_spots import span_evaluations
-        from xrais.simulate.spot_windows import spot_spans
+        from xrais.simulate.physics import uniform_sample_weight
+        from xrais.simulate.spot_windows import spot_windows
 
-        spans = spot_spans(plan, tolerance)
-        spot, brute = span_evaluations(plan, spans)
-        method = "spots" if spot < AUTO_SPOT_FRACTION * brute else "brute"
+        windows = spot_windows(plan, tolerance)
+        shared = uniform_sample_weight(plan.oversample, len(plan.sources), plan.flags)
+        fraction = AUTO_SPOT_FRACTION if shared else AUTO_SPOT_FRACTION_PER_SAMPLE
+        method = "spots" if windows.pixel_terms < fraction * plan.evaluations / plan.oversample**2 else "brute"
     if choose_backend(backend) == "cuda":
         if method == "spots":
             from xrais.simulate.kernel_spots import render_spots_cuda
 
-            return render_spots_cuda(plan, tolerance, spans=spans)
+            return render_spots_cuda(plan, tolerance, windows=windows)
         from xrais.simulate.kernel_cuda import render_cuda
 
         return render_cuda(plan)
     if method == "spots":
         from xrais.simulate.kernel_spots import render_spots_cpu
 
-        return render_spots_cpu(plan, tolerance, spans=spans)
+        return render_spots_cpu(plan, tolerance, windows=windows)
     from xrais.simulate.kernel_cpu import render_cpu
 
     return render_cpu(plan)

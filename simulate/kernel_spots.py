@@ -1,69 +1,211 @@
 """Spot-centric rendering: the brute-force physics evaluated only near Bragg spots.
 
-:func:`xrais.simulate.spot_windows.spot_spans` lists, per orientation and source, the runs of
-pixels where that orientation's lattice transform is not negligible (F_latt²/peak ≥
-``tolerance``). The kernels here add, for every run, the per-(orientation, source) term
-:func:`xrais.simulate.physics.spot_pixel_value` of each of its pixels (all sub-pixels), then
-the background term :func:`xrais.simulate.physics.pixel_background` of every pixel: summed,
-that is :func:`xrais.simulate.physics.pixel_value` less the neglected tails. The background
-term is linear in ``scale × background``; on the CPU its unit map is computed once per
-geometry (rows, panels, sources, sampling, polarization) and cached.
+:func:`xrais.simulate.spot_windows.spot_windows` lists, per orientation, source and
+reflection, a window of pixels outside which that reflection's lattice transform is negligible
+(F_latt²/peak < ``tolerance``). The kernels here add, in every window, the term
+:func:`xrais.simulate.physics.spot_pixel_value` of each of its pixels (all sub-pixels, only the
+samples whose nearest index is the window's reflection), on top of the background term
+:func:`xrais.simulate.physics.pixel_background` of every pixel: summed, that is
+:func:`xrais.simulate.physics.pixel_value` less the neglected tails.
 
-CPU: the runs are sorted by output row and the rows are spread over threads, so no two
-threads write the same pixel. GPU: one thread per pixel of a run, ``cuda.atomic.add`` into a
-float64 image.
+What depends only on the geometry (rows, panels, sources, sampling, polarization) is computed
+once and cached: Ω·P of each pixel's first sample (the weight of every sample when they all
+share it, :func:`~xrais.simulate.physics.uniform_sample_weight`) and, otherwise, the mean
+weight that the background term needs. The background is linear in ``scale × background`` and
+is taken from these maps.
+
+CPU: the output rows are cut into bands, each band renders the rows of the windows that cross
+it, and the bands are spread over threads, so no two threads write the same pixel. GPU: the
+windows are cut into rows and one thread renders one pixel of a row, ``cuda.atomic.add`` into
+a float64 image.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
+import zlib
 from collections import OrderedDict
 from typing import Any
 
 import numba
 import numpy as np
 
-from xrais.simulate.physics import pixel_background, spot_pixel_value
-from xrais.simulate.spot_windows import spot_spans
+from xrais.simulate.physics import (
+    first_sample_weight,
+    orientation_intensity,
+    pixel_background,
+    sample_position,
+    spot_intensity_sum,
+    spot_pixel_value,
+    uniform_sample_weight,
+)
+from xrais.simulate.spot_windows import SpotWindows, spot_windows
 
 try:  # a module global, so that the simulator can swap in its own ``cuda`` inside the kernels
     from numba import cuda
 except ImportError:  # numba-cuda not installed
     cuda = None
 
-__all__ = ["render_spots_cpu", "render_spots_cuda", "spot_args", "span_evaluations"]
+__all__ = ["render_spots_cpu", "render_spots_cuda", "spot_args", "window_rows"]
 
-_UNIT_BACKGROUND_CACHE_SIZE = 2
-_unit_background_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+#: Output rows per band of the CPU kernel.
+BAND_ROWS = 8
+_GEOMETRY_CACHE_SIZE = 4
+_geometry_cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-@numba.njit(parallel=True)
-def _render_spans(image, row_starts, spans, panels, sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin,
-                  kmin, lmin, default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps):
-    for g in numba.prange(row_starts.shape[0] - 1):
-        for t in range(row_starts[g], row_starts[g + 1]):
-            o, j, p, si = spans[t, 0], spans[t, 1], spans[t, 2], spans[t, 3]
-            f_lo, f_hi, out_s, out_f0 = spans[t, 4], spans[t, 5], spans[t, 6], spans[t, 7]
-            for fi in range(f_lo, f_hi):
-                image[out_s, out_f0 + fi] += spot_pixel_value(
-                    p, fi, si, o, j, panels, sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin,
-                    lmin, default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps)
+_SINGLE, _UNIFORM, _GENERAL = 0, 1, 2  # one sample of shared weight; samples of shared weight; per-sample weight
+
+
+def _band_kernel(mode: int):
+    """The CPU kernel for one weighting ``mode`` (a constant, so that each compiles to its own loop)."""
+
+    @numba.njit(parallel=True)
+    def render_bands(image, weights, band_order, band_start, band_windows, windows, hkl, table, panel_row0, panels,
+                     sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f, inv_dmin,
+                     oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps):
+        for k in numba.prange(band_order.shape[0]):
+            b = band_order[k]
+            row_lo = b * BAND_ROWS
+            for t in range(band_start[b], band_start[b + 1]):
+                w = band_windows[t]
+                o, j, p = windows[w, 0], windows[w, 1], windows[w, 2]
+                r = windows[w, 7]
+                hw, kw, lw = float(hkl[r, 0]), float(hkl[r, 1]), float(hkl[r, 2])
+                m = orientations[o]
+                ix, iy, iz, lam = sources[j, 0], sources[j, 1], sources[j, 2], sources[j, 3]
+                off = panel_row0[p]
+                for si in range(max(windows[w, 5], row_lo - off), min(windows[w, 6], row_lo + BAND_ROWS - off)):
+                    f_lo, f_hi = max(windows[w, 3], table[p, si, 0]), min(windows[w, 4], table[p, si, 1])
+                    out_s, out_f0 = table[p, si, 2], table[p, si, 3]
+                    for fi in range(f_lo, f_hi):
+                        if mode == _SINGLE:  # the one sample, at the pixel centre
+                            px, py, pz = sample_position(panels, p, fi, si, 0, 0, 1)
+                            value = orientation_intensity(px, py, pz, ix, iy, iz, lam, m, a0, shape, na, nb, nc,
+                                                          fudge, grid, hmin, kmin, lmin, default_f, inv_dmin, hw, kw,
+                                                          lw)
+                            image[out_s, out_f0 + fi] += scale * weights[out_s, out_f0 + fi] * value / steps
+                        elif mode == _UNIFORM:
+                            value = spot_intensity_sum(panels, p, fi, si, oversample, ix, iy, iz, lam, m, a0, shape,
+                                                       na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f, inv_dmin,
+                                                       hw, kw, lw)
+                            image[out_s, out_f0 + fi] += scale * weights[out_s, out_f0 + fi] * value / steps
+                        else:
+                            image[out_s, out_f0 + fi] += spot_pixel_value(
+                                p, fi, si, o, j, hw, kw, lw, panels, sources, orientations, a0, shape, na, nb, nc,
+                                fudge, grid, hmin, kmin, lmin, default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey,
+                                pol_ez, flags, scale, steps)
+
+    return render_bands
+
+
+_band_kernels: dict[int, Any] = {}
+
+
+def _render_bands(mode: int, *args) -> None:
+    if mode not in _band_kernels:
+        _band_kernels[mode] = _band_kernel(mode)
+    _band_kernels[mode](*args)
+
+
+@numba.njit(cache=True)
+def _band_index(windows, panel_row0, n_bands):
+    """Windows crossing each band of :data:`BAND_ROWS` output rows: CSR (start per band, window indices)."""
+    counts = np.zeros(n_bands + 1, dtype=np.int64)
+    for w in range(windows.shape[0]):
+        off = panel_row0[windows[w, 2]]
+        for b in range((off + windows[w, 5]) // BAND_ROWS, (off + windows[w, 6] - 1) // BAND_ROWS + 1):
+            counts[b + 1] += 1
+    for b in range(n_bands):
+        counts[b + 1] += counts[b]
+    fill = counts[:-1].copy()
+    index = np.empty(counts[-1], dtype=np.int64)
+    for w in range(windows.shape[0]):
+        off = panel_row0[windows[w, 2]]
+        for b in range((off + windows[w, 5]) // BAND_ROWS, (off + windows[w, 6] - 1) // BAND_ROWS + 1):
+            index[fill[b]] = w
+            fill[b] += 1
+    return counts, index
 
 
 @numba.njit(parallel=True)
-def _add_background(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, background,
-                    steps):
+def _weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
     for r in numba.prange(rows.shape[0]):
         p, si, f_lo, f_hi, out_s, out_f0 = rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], rows[r, 5]
         for fi in range(f_lo, f_hi):
-            image[out_s, out_f0 + fi] += pixel_background(p, fi, si, panels, sources, oversample, kahn, pol_ex,
-                                                          pol_ey, pol_ez, flags, scale, background, steps)
+            image[out_s, out_f0 + fi] = first_sample_weight(p, fi, si, panels, sources, oversample, kahn, pol_ex,
+                                                            pol_ey, pol_ez, flags)
+
+
+@numba.njit(parallel=True)
+def _mean_weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
+    for r in numba.prange(rows.shape[0]):
+        p, si, f_lo, f_hi, out_s, out_f0 = rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], rows[r, 5]
+        for fi in range(f_lo, f_hi):
+            image[out_s, out_f0 + fi] = pixel_background(p, fi, si, panels, sources, oversample, kahn, pol_ex,
+                                                         pol_ey, pol_ez, flags & ~16, 1.0, 1.0, 1.0)
+
+
+def _geometry_key(plan) -> tuple:
+    digest = 0
+    for a in (plan.rows, plan.panels, plan.sources):
+        digest = zlib.crc32(np.ascontiguousarray(a).view(np.uint8), digest)
+    return (digest, len(plan.rows), plan.panels.shape, plan.sources.shape, plan.image_shape, int(plan.oversample),
+            float(plan.kahn), tuple(plan.polarization_axis), int(plan.flags) & ~16)
+
+
+def _geometry_map(plan, kind: str) -> np.ndarray:
+    """``"weight"``: Ω·P of each pixel's first sample; ``"mean"``: its mean Ω·P (float32, read-only, cached)."""
+    key = (kind, *_geometry_key(plan))
+    with _cache_lock:
+        if key in _geometry_cache:
+            _geometry_cache.move_to_end(key)
+            return _geometry_cache[key]
+    image = np.zeros(plan.image_shape, dtype=np.float32)
+    kernel = _weight_map if kind == "weight" else _mean_weight_map
+    kernel(image, plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
+           *map(float, plan.polarization_axis), int(plan.flags))
+    image.flags.writeable = False
+    with _cache_lock:
+        _geometry_cache[key] = image
+        while len(_geometry_cache) > _GEOMETRY_CACHE_SIZE:
+            _geometry_cache.popitem(last=False)
+    return image
+
+
+def _uniform(plan) -> bool:
+    return bool(uniform_sample_weight(int(plan.oversample), len(plan.sources), int(plan.flags)))
+
+
+@numba.njit(parallel=True)
+def _scaled_copy(image, source, factor):
+    """image = factor × source, row by row over the threads (zeros when ``source`` is empty)."""
+    empty = source.shape[0] == 0
+    for s in numba.prange(image.shape[0]):
+        for f in range(image.shape[1]):
+            image[s, f] = 0.0 if empty else source[s, f] * factor
+
+
+def _background_image(plan) -> np.ndarray:
+    """A new float32 image holding the plan's background term on every pixel (zeros without background).
+
+    It is written by all threads, which also spreads over them the cost of a fresh image's first
+    touch of its memory.
+    """
+    image = np.empty(plan.image_shape, dtype=np.float32)
+    source, factor = np.zeros((0, 0), dtype=np.float32), 0.0
+    if plan.background != 0.0 and len(plan.rows):
+        if plan.flags & 16:  # nanoBragg's: scale·background·Ω·P(first sample)/steps
+            source, factor = _geometry_map(plan, "weight"), plan.scale * plan.background / plan.steps
+        else:
+            source, factor = _geometry_map(plan, "weight" if _uniform(plan) else "mean"), plan.scale * plan.background
+    _scaled_copy(image, source, np.float32(factor))
+    return image
 
 
 def spot_args(plan) -> tuple:
-    """Kernel arguments after the spans: the plan's, without rows and background."""
+    """Kernel arguments after the windows: the plan's, without rows and background."""
     na, nb, nc = plan.n_cells
     return (plan.panels, plan.sources, plan.orientations, plan.a0, plan.shape_code, float(na), float(nb), float(nc),
             float(plan.fudge), plan.grid, int(plan.hkl_min[0]), int(plan.hkl_min[1]), int(plan.hkl_min[2]),
@@ -71,56 +213,57 @@ def spot_args(plan) -> tuple:
             *map(float, plan.polarization_axis), int(plan.flags), float(plan.scale), float(plan.steps))
 
 
-def _background_args(plan) -> tuple:
-    return (plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
-            *map(float, plan.polarization_axis), int(plan.flags), float(plan.scale), float(plan.background),
-            float(plan.steps))
+def _panel_row0(plan) -> np.ndarray:
+    """Output row of each panel's row 0."""
+    row0 = np.zeros(len(plan.panels), dtype=np.int64)
+    row0[plan.rows[:, 0]] = plan.rows[:, 4] - plan.rows[:, 1]
+    return row0
 
 
-def _unit_background(plan) -> np.ndarray:
-    """The background term of every pixel for scale × background = 1 (float32, read-only, cached)."""
-    digest = hashlib.sha1()
-    for a in (plan.rows, plan.panels, plan.sources):
-        digest.update(np.ascontiguousarray(a).tobytes())
-    digest.update(repr((plan.image_shape, int(plan.oversample), float(plan.kahn), tuple(plan.polarization_axis),
-                        int(plan.flags), float(plan.steps))).encode())
-    key = digest.hexdigest()
-    with _cache_lock:
-        if key in _unit_background_cache:
-            _unit_background_cache.move_to_end(key)
-            return _unit_background_cache[key]
-    unit = np.zeros(plan.image_shape, dtype=np.float32)
-    args = list(_background_args(plan))
-    args[-3:-1] = [1.0, 1.0]  # scale, background
-    _add_background(unit, *args)
-    unit.flags.writeable = False
-    with _cache_lock:
-        _unit_background_cache[key] = unit
-        while len(_unit_background_cache) > _UNIT_BACKGROUND_CACHE_SIZE:
-            _unit_background_cache.popitem(last=False)
-    return unit
-
-
-def span_evaluations(plan, spans: np.ndarray) -> tuple[int, int]:
-    """Per-(pixel, orientation, source) evaluations of a spot render and of a brute-force one."""
-    spot = int((spans[:, 5] - spans[:, 4]).sum()) if len(spans) else 0
-    pixels = int((plan.rows[:, 3] - plan.rows[:, 2]).sum()) if len(plan.rows) else 0
-    return spot, pixels * len(plan.orientations) * len(plan.sources)
-
-
-def render_spots_cpu(plan, tolerance: float = 1e-3, spans: np.ndarray | None = None) -> np.ndarray:
+def render_spots_cpu(plan, tolerance: float = 1e-3, windows: SpotWindows | None = None) -> np.ndarray:
     """Spot-centric render of a :class:`~xrais.simulate.kernel.KernelPlan` on the CPU; float32 (n_slow, n_fast)."""
-    if spans is None:
-        spans = spot_spans(plan, tolerance)
-    if plan.background != 0.0 and len(plan.rows):
-        image = _unit_background(plan) * np.float32(plan.scale * plan.background)
-    else:
-        image = np.zeros(plan.image_shape, dtype=np.float32)
-    if len(spans):
-        out_rows = spans[:, 6]
-        row_starts = np.concatenate([np.nonzero(np.diff(out_rows, prepend=-1))[0], [len(spans)]]).astype(np.int64)
-        _render_spans(image, row_starts, np.ascontiguousarray(spans), *spot_args(plan))
+    if windows is None:
+        windows = spot_windows(plan, tolerance)
+    image = _background_image(plan)
+    if len(windows):
+        row0 = _panel_row0(plan)
+        n_bands = -(-plan.image_shape[0] // BAND_ROWS)
+        band_start, band_windows = _band_index(windows.windows, row0, n_bands)
+        # bands in a fixed shuffled order, so that the threads' contiguous shares get equal work
+        band_order = np.random.default_rng(0).permutation(n_bands).astype(np.int64)
+        if _uniform(plan):
+            mode, weights = (_SINGLE if plan.oversample == 1 else _UNIFORM), _geometry_map(plan, "weight")
+        else:
+            mode, weights = _GENERAL, np.zeros((0, 0), dtype=np.float32)
+        _render_bands(mode, image, weights, band_order, band_start, band_windows, windows.windows,
+                      windows.miller_index, windows.row_table, row0, *spot_args(plan))
     return image
+
+
+@numba.njit(cache=True)
+def _window_rows(windows, table):
+    """Windows cut into rows: orientation, source, panel, slow, fast start, end, output row, output fast offset, reflection."""
+    n = 0
+    for w in range(windows.shape[0]):
+        n += windows[w, 6] - windows[w, 5]
+    out = np.empty((n, 9), dtype=np.int64)
+    m = 0
+    for w in range(windows.shape[0]):
+        p = windows[w, 2]
+        for si in range(windows[w, 5], windows[w, 6]):
+            f_lo, f_hi = max(windows[w, 3], table[p, si, 0]), min(windows[w, 4], table[p, si, 1])
+            if f_hi <= f_lo:
+                continue
+            out[m, 0], out[m, 1], out[m, 2], out[m, 3] = windows[w, 0], windows[w, 1], p, si
+            out[m, 4], out[m, 5], out[m, 6], out[m, 7], out[m, 8] = f_lo, f_hi, table[p, si, 2], table[p, si, 3], \
+                windows[w, 7]
+            m += 1
+    return out[:m]
+
+
+def window_rows(windows: SpotWindows) -> np.ndarray:
+    """The windows cut into rendered pixel rows, (n, 9) int64 (see :func:`render_spots_cuda`)."""
+    return _window_rows(windows.windows, windows.row_table)
 
 
 _KERNELS: dict[str, Any] = {}
@@ -129,17 +272,20 @@ _KERNELS: dict[str, Any] = {}
 def _cuda_kernels() -> dict[str, Any]:
     if not _KERNELS:
         @cuda.jit
-        def render_spans(image, spans, panels, sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin,
-                         lmin, default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps):
+        def render_rows(image, spans, hkl, panels, sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin,
+                        kmin, lmin, default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale,
+                        steps):
             t, fi = cuda.grid(2)
             if t >= spans.shape[0]:
                 return
             fi += spans[t, 4]
             if fi >= spans[t, 5]:
                 return
-            value = spot_pixel_value(spans[t, 2], fi, spans[t, 3], spans[t, 0], spans[t, 1], panels, sources,
-                                     orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f,
-                                     inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps)
+            r = spans[t, 8]
+            value = spot_pixel_value(spans[t, 2], fi, spans[t, 3], spans[t, 0], spans[t, 1], float(hkl[r, 0]),
+                                     float(hkl[r, 1]), float(hkl[r, 2]), panels, sources, orientations, a0,
+                                     shape, na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f, inv_dmin,
+                                     oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps)
             if value != 0.0:
                 cuda.atomic.add(image, (spans[t, 6], spans[t, 7] + fi), value)
 
@@ -156,22 +302,25 @@ def _cuda_kernels() -> dict[str, Any]:
                                                                    oversample, kahn, pol_ex, pol_ey, pol_ez, flags,
                                                                    scale, background, steps)
 
-        _KERNELS["spans"] = render_spans
+        _KERNELS["rows"] = render_rows
         _KERNELS["background"] = add_background
     return _KERNELS
 
 
 def render_spots_cuda(plan, tolerance: float = 1e-3, *, threads: tuple[int, int] = (4, 32), to_host: bool = True,
-                      spans: np.ndarray | None = None) -> Any:
+                      windows: SpotWindows | None = None) -> Any:
     """Spot-centric render with the CUDA kernels (NumPy under the simulator, else CuPy unless ``to_host``)."""
     from xrais.simulate.kernel_cuda import simulator_active
 
     kernels = _cuda_kernels()
-    if spans is None:
-        spans = spot_spans(plan, tolerance)
-    spans = np.ascontiguousarray(spans)
+    if windows is None:
+        windows = spot_windows(plan, tolerance)
+    spans = window_rows(windows)
+    hkl = np.ascontiguousarray(windows.miller_index)
     args = list(spot_args(plan))
-    bg_args = list(_background_args(plan))
+    bg_args = [plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
+               *map(float, plan.polarization_axis), int(plan.flags), float(plan.scale), float(plan.background),
+               float(plan.steps)]
     sim = simulator_active()
     if sim:
         xp, image = np, np.zeros(plan.image_shape, dtype=np.float64)
@@ -181,10 +330,11 @@ def render_spots_cuda(plan, tolerance: float = 1e-3, *, threads: tuple[int, int]
         xp, image = cp, cp.zeros(plan.image_shape, dtype=cp.float64)
         args = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
         bg_args = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in bg_args]
+        spans, hkl = cp.asarray(spans), cp.asarray(hkl)
     if len(spans):
         width = int((spans[:, 5] - spans[:, 4]).max())
         blocks = (-(-len(spans) // threads[0]), max(1, -(-width // threads[1])))
-        kernels["spans"][blocks, threads](image, spans if sim else xp.asarray(spans), *args)
+        kernels["rows"][blocks, threads](image, spans, hkl, *args)
     if plan.background != 0.0 and len(plan.rows):
         width = int((plan.rows[:, 3] - plan.rows[:, 2]).max())
         blocks = (-(-len(plan.rows) // threads[0]), max(1, -(-width // threads[1])))

@@ -38,6 +38,9 @@ __all__ = [
     "orientation_intensity",
     "sample_position",
     "spot_pixel_value",
+    "spot_intensity_sum",
+    "first_sample_weight",
+    "uniform_sample_weight",
     "pixel_background",
     "SHAPE_SQUARE",
     "SHAPE_ROUND",
@@ -253,14 +256,17 @@ def pixel_value(p: int, fi: int, si: int, panels, sources, orientations, a0, sha
     return scale * (acc / steps + bg)
 
 
-@register_jitable
+@register_jitable(inline='always')
 def orientation_intensity(px: float, py: float, pz: float, ix: float, iy: float, iz: float, wavelength_A: float,
                           m, a0, shape: int, na: float, nb: float, nc: float, fudge: float, grid, hmin: int,
-                          kmin: int, lmin: int, default_f: float, inv_dmin: float) -> float:
+                          kmin: int, lmin: int, default_f: float, inv_dmin: float, hw: float, kw: float,
+                          lw: float) -> float:
     """|F(h₀)|²·F_latt² at one sub-pixel position and one source for ONE orientation ``m`` (3×3 rows a, b, c).
 
-    The term that :func:`pixel_intensity` sums over orientations (spot-centric rendering
-    evaluates it only where it is not negligible).
+    The term that :func:`pixel_intensity` sums over orientations, counted only when the nearest
+    integer index h₀ is the reflection (``hw``, ``kw``, ``lw``) (0 otherwise): summed over every
+    reflection it is the whole term, and spot-centric rendering evaluates each reflection's
+    part only where it is not negligible.
     """
     r = math.sqrt(px * px + py * py + pz * pz)
     dx, dy, dz = px / r, py / r, pz / r
@@ -275,10 +281,14 @@ def orientation_intensity(px: float, py: float, pz: float, ix: float, iy: float,
     h0 = math.ceil(h - 0.5)
     k0 = math.ceil(k - 0.5)
     l0 = math.ceil(l - 0.5)
-    ddh, ddk, ddl = h - h0, k - k0, l - l0
-    qx = ddh * a0[0, 0] + ddk * a0[0, 1] + ddl * a0[0, 2]
-    qy = ddh * a0[1, 0] + ddk * a0[1, 1] + ddl * a0[1, 2]
-    qz = ddh * a0[2, 0] + ddk * a0[2, 1] + ddl * a0[2, 2]
+    if h0 != hw or k0 != kw or l0 != lw:
+        return 0.0
+    qx, qy, qz = 0.0, 0.0, 0.0
+    if shape == 2 or shape == 3:  # only the 2023+ forms use the offset in Å⁻¹
+        ddh, ddk, ddl = h - h0, k - k0, l - l0
+        qx = ddh * a0[0, 0] + ddk * a0[0, 1] + ddl * a0[0, 2]
+        qy = ddh * a0[1, 0] + ddk * a0[1, 1] + ddl * a0[1, 2]
+        qz = ddh * a0[2, 0] + ddk * a0[2, 1] + ddl * a0[2, 2]
     f_latt = lattice_factor(shape, h, k, l, na, nb, nc, qx, qy, qz, fudge)
     f_cell = structure_factor_lookup(grid, hmin, kmin, lmin, default_f, h0, k0, l0)
     return f_cell * f_cell * f_latt * f_latt
@@ -296,15 +306,34 @@ def sample_position(panels, p: int, fi: int, si: int, sub_f: int, sub_s: int, n:
 
 
 @register_jitable
-def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, panels, sources, orientations, a0, shape: int,
-                     na: float, nb: float, nc: float, fudge: float, grid, hmin: int, kmin: int, lmin: int,
-                     default_f: float, inv_dmin: float, oversample: int, kahn: float, pol_ex: float, pol_ey: float,
-                     pol_ez: float, flags: int, scale: float, steps: float) -> float:
-    """The part of :func:`pixel_value` that comes from orientation ``o`` and source ``j`` alone (no background).
+def first_sample_weight(p: int, fi: int, si: int, panels, sources, oversample: int, kahn: float, pol_ex: float,
+                        pol_ey: float, pol_ez: float, flags: int) -> float:
+    """Ω·P at the first sub-pixel of pixel (fi, si) with the first source (P = 1 with flag 8).
 
-    Summed over every (o, j) and added to :func:`pixel_background` it is :func:`pixel_value`.
-    With flags 1/2 (Ω, polarization once per pixel) the weight is taken at the first
-    sub-pixel with the first source, as :func:`pixel_value` does.
+    The weight :func:`pixel_value` gives every sample when Ω and polarization are taken once
+    per pixel (flags 1 and 2), and the only one with one sub-pixel and one source.
+    """
+    px, py, pz = sample_position(panels, p, fi, si, 0, 0, oversample)
+    omega = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], (flags & 4) != 0)
+    if (flags & 8) != 0:
+        return omega
+    r = math.sqrt(px * px + py * py + pz * pz)
+    return omega * polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], px / r, py / r, pz / r,
+                                       pol_ex, pol_ey, pol_ez)
+
+
+@register_jitable
+def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, hw: float, kw: float, lw: float, panels, sources, orientations, a0, shape: int, na: float, nb: float, nc: float, fudge: float,
+                     grid, hmin: int, kmin: int, lmin: int, default_f: float, inv_dmin: float, oversample: int,
+                     kahn: float, pol_ex: float, pol_ey: float, pol_ez: float, flags: int, scale: float,
+                     steps: float) -> float:
+    """The part of :func:`pixel_value` from orientation ``o``, source ``j`` and reflection (hw, kw, lw) alone.
+
+    Summed over every (o, j) and every reflection, and added to :func:`pixel_background`, it
+    is :func:`pixel_value`. Ω·P is computed per sample as :func:`pixel_value` does (with flags
+    1/2 at the first sub-pixel with the first source); when every sample shares it
+    (:func:`uniform_sample_weight`) ``scale · weight · spot_intensity_sum(...) / steps`` is the
+    same term.
     """
     omega_once = (flags & 1) != 0
     polar_once = (flags & 2) != 0
@@ -312,24 +341,24 @@ def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, panels, sources, 
     no_polar = (flags & 8) != 0
     n = oversample
     ix, iy, iz, lam = sources[j, 0], sources[j, 1], sources[j, 2], sources[j, 3]
-    omega0 = 0.0
-    polar0 = 1.0
-    if omega_once or polar_once:
-        qx, qy, qz = sample_position(panels, p, fi, si, 0, 0, n)
-        omega0 = solid_angle(qx, qy, qz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
-        if not no_polar:
-            rq = math.sqrt(qx * qx + qy * qy + qz * qz)
-            polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], qx / rq, qy / rq, qz / rq,
-                                         pol_ex, pol_ey, pol_ez)
     m = orientations[o]
     acc = 0.0
+    omega0 = -1.0
+    polar0 = 1.0
     for sub_s in range(n):
         for sub_f in range(n):
             px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
             value = orientation_intensity(px, py, pz, ix, iy, iz, lam, m, a0, shape, na, nb, nc, fudge, grid, hmin,
-                                          kmin, lmin, default_f, inv_dmin)
+                                          kmin, lmin, default_f, inv_dmin, hw, kw, lw)
             if value == 0.0:
                 continue
+            if (omega_once or polar_once) and omega0 < 0.0:
+                qx, qy, qz = sample_position(panels, p, fi, si, 0, 0, n)
+                omega0 = solid_angle(qx, qy, qz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
+                if polar_once and not no_polar:
+                    rq = math.sqrt(qx * qx + qy * qy + qz * qz)
+                    polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], qx / rq, qy / rq,
+                                                 qz / rq, pol_ex, pol_ey, pol_ez)
             if omega_once:
                 omega = omega0
             else:
@@ -343,6 +372,35 @@ def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, panels, sources, 
                 polar = polarization_factor(kahn, ix, iy, iz, px / r, py / r, pz / r, pol_ex, pol_ey, pol_ez)
             acc += omega * polar * value
     return scale * acc / steps
+
+
+@register_jitable
+def spot_intensity_sum(panels, p: int, fi: int, si: int, oversample: int, ix: float, iy: float, iz: float,
+                       wavelength_A: float, m, a0, shape: int, na: float, nb: float, nc: float, fudge: float, grid,
+                       hmin: int, kmin: int, lmin: int, default_f: float, inv_dmin: float, hw: float, kw: float,
+                       lw: float) -> float:
+    """Σ over the sub-pixels of pixel (fi, si) of :func:`orientation_intensity` for reflection (hw, kw, lw)."""
+    n = oversample
+    acc = 0.0
+    for sub_s in range(n):
+        for sub_f in range(n):
+            px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
+            acc += orientation_intensity(px, py, pz, ix, iy, iz, wavelength_A, m, a0, shape, na, nb, nc, fudge, grid,
+                                         hmin, kmin, lmin, default_f, inv_dmin, hw, kw, lw)
+    return acc
+
+
+@register_jitable
+def uniform_sample_weight(oversample: int, n_sources: int, flags: int) -> bool:
+    """True when every sample of a pixel has the weight :func:`first_sample_weight` gives.
+
+    Ω is shared when it is taken once per pixel or there is one sub-pixel; P when it is off,
+    taken once per pixel, or there is one sub-pixel and one source.
+    """
+    single = oversample == 1
+    omega_shared = (flags & 1) != 0 or single
+    polar_shared = (flags & 8) != 0 or (flags & 2) != 0 or (single and n_sources == 1)
+    return omega_shared and polar_shared
 
 
 @register_jitable

@@ -76,14 +76,18 @@ def _check_geometry(beam: Beam, detector: Detector) -> None:
         raise ConfigError(f"detector distance {d} mm: expected 1–100000 mm")
 
 
-def _check_reflections_reach(crystal: Crystal, beam: Beam, detector: Detector, d_min_A: float | None) -> None:
-    """Refuse a set-up in which no reflection can reach the detector (largest |S| seen too small)."""
-    directions = []
-    for p in detector.panels:
-        nf, ns = p.image_size
-        for f, s_ in ((0, 0), (nf, 0), (0, ns), (nf, ns), (nf / 2, ns / 2)):
-            directions.append(p.pixel_lab_coord_mm(f, s_))
-    d = np.array(directions)
+def _check_reflections_reach(crystal: Crystal, beam: Beam, detector: Detector, panels: np.ndarray,
+                             d_min_A: float | None) -> None:
+    """Refuse a set-up in which no reflection can reach the detector (largest |S| seen too small).
+
+    ``panels`` is the detector's :func:`~xrais.simulate.kernel.panel_table`; the corners and
+    centre of every panel are tried.
+    """
+    size = np.array([p.image_size for p in detector.panels], dtype=np.float64).reshape(-1, 2)
+    frac = np.array([(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)])
+    f = frac[None, :, 0] * size[:, None, 0] * panels[:, None, 9]  # mm along fast, (panels, 5)
+    s = frac[None, :, 1] * size[:, None, 1] * panels[:, None, 10]
+    d = (panels[:, None, 0:3] + f[..., None] * panels[:, None, 3:6] + s[..., None] * panels[:, None, 6:9]).reshape(-1, 3)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     s_max = float(np.max(np.linalg.norm(d - np.asarray(beam.direction), axis=1))) / beam.wavelength_A
     if d_min_A:
@@ -155,12 +159,13 @@ def render_plan(
     bits = flags | (FLAG_POINT_PIXEL if point_pixel else 0) | (0 if polarization else FLAG_NO_POLAR)
     if background is None:
         background = F_WATER**2 * water_molecules(water_um)
+    panels = panel_table(detector)
     if background == 0.0 and check_reflections:
-        _check_reflections_reach(crystal, beam, detector, d_min_A)
+        _check_reflections_reach(crystal, beam, detector, panels, d_min_A)
     return KernelPlan(
         image_shape=detector.array_shape,
         rows=pixel_rows(detector, roi),
-        panels=panel_table(detector),
+        panels=panels,
         sources=sources,
         orientations=orientations,
         a0=np.ascontiguousarray(crystal.A),

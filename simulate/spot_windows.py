@@ -1,4 +1,4 @@
-"""Where a render's Bragg spots can be: per orientation and source, the pixels worth computing.
+"""Where a render's Bragg spots can be: per orientation, source and reflection, the pixels worth computing.
 
 For one orientation o (a phi step × mosaic domain) and one source j, a pixel's intensity is
 |F(h₀)|²·F_latt²(h) with h₀ the integer index nearest to its fractional index h. F_latt² falls
@@ -7,15 +7,19 @@ shape, the cell counts N and ``fudge`` (:func:`lattice_extent`). In reciprocal s
 lies within a radius r_tol of the lattice point, so a pixel can only matter if its scattering
 vector is within r_tol of a reciprocal-lattice point: the reflections within r_tol of the Ewald
 sphere of source j, and on it the cap within r_tol of each. The cap is projected onto every panel
-and its pixel bounding box is a window. Windows of the same (o, j) and panel
-are merged into disjoint runs along each pixel row (:func:`spot_spans`), so that every pixel is
-evaluated at most once per (o, j): the kernel then adds that orientation's and source's whole
-term there, exactly the term the brute-force kernel would add.
+and its pixel bounding box is a window (:func:`spot_windows`).
+
+Every term of a pixel belongs to one reflection, its h₀, so windows need no merging: a kernel
+adds, in the window of reflection h, only the terms whose h₀ is h
+(:func:`xrais.simulate.physics.spot_pixel_value`). Where windows of two reflections overlap
+each term is still counted once, and every term above ``tolerance`` lies in the window of its
+own reflection: the sum is the brute-force sum less the neglected tails.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -29,12 +33,42 @@ from xrais.simulate.physics import (
     SHAPE_TOPHAT_2022,
 )
 
-__all__ = ["lattice_extent", "spot_spans", "SPAN_COLUMNS"]
+__all__ = ["lattice_extent", "spot_windows", "SpotWindows", "WINDOW_COLUMNS", "row_table"]
 
-#: Columns of the span table: orientation, source, panel, slow index, fast start, fast end
-#: (exclusive), output slow, output fast offset.
-SPAN_COLUMNS = ("orientation", "source", "panel", "slow", "fast_lo", "fast_hi", "out_slow", "out_fast0")
+#: Columns of a window table: orientation, source, panel, fast start, fast end, slow start,
+#: slow end (ends exclusive, panel pixels), reflection (row of :attr:`SpotWindows.miller_index`).
+WINDOW_COLUMNS = ("orientation", "source", "panel", "fast_lo", "fast_hi", "slow_lo", "slow_hi", "reflection")
+_POLYGON_SIDES = 12  # the cap outline is circumscribed by a regular polygon of this many sides
+_BOXES_PER_CHUNK = 1 << 20  # (orientation × source, reflection, plane) boxes held at once
 
+
+@dataclass(frozen=True)
+class SpotWindows:
+    """The pixel windows of a render and the reflections they belong to.
+
+    Attributes
+    ----------
+    miller_index : ndarray, shape (n_reflections, 3), int64
+        Reflections that may reach a window.
+    windows : ndarray, shape (n_windows, 8), int64
+        One row per (orientation, source, reflection, panel): :data:`WINDOW_COLUMNS`.
+    row_table : ndarray, shape (n_panels, n_rows, 4), int64
+        Per panel row: fast start and end to render (end 0: row not rendered), output row and
+        output fast offset (:func:`row_table`).
+    """
+
+    miller_index: np.ndarray
+    windows: np.ndarray
+    row_table: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def pixel_terms(self) -> int:
+        """(pixel, orientation, source) terms the windows hold (the brute-force render has pixels × those)."""
+        w = self.windows
+        return int(((w[:, 4] - w[:, 3]) * (w[:, 6] - w[:, 5])).sum()) if len(w) else 0
 
 
 def _sinc3_radius(tolerance: float) -> float:
@@ -96,8 +130,8 @@ def lattice_extent(shape: int, n_cells, fudge: float, tolerance: float, a0: np.n
     return radius
 
 
-def _row_table(rows: np.ndarray, n_panels: int):
-    """Per (panel, slow): fast range to render and output placement, from the plan's rows."""
+def row_table(rows: np.ndarray, n_panels: int) -> np.ndarray:
+    """Per (panel, slow): fast range to render and output placement, from a plan's rows; (P, S, 4) int64."""
     max_s = int(rows[:, 1].max()) + 1 if len(rows) else 1
     table = np.zeros((n_panels, max_s, 4), dtype=np.int64)  # f_lo, f_hi (0: row absent), out_s, out_f0
     table[rows[:, 0], rows[:, 1]] = rows[:, 2:6]
@@ -106,14 +140,11 @@ def _row_table(rows: np.ndarray, n_panels: int):
 
 def _panel_groups(panels: np.ndarray, extents: np.ndarray) -> list[list[int]]:
     """Panels sharing a plane, axes and pitch (their projections differ by a shift only)."""
+    normal = np.cross(panels[:, 3:6], panels[:, 6:9])
+    keys = np.round(np.column_stack([panels[:, 3:9], np.einsum("ij,ij->i", panels[:, 0:3], normal), panels[:, 9:11]]), 6)
     groups: dict[tuple, list[int]] = {}
-    for p in range(len(panels)):
-        if extents[p, 0] == 0:
-            continue
-        fast, slow = panels[p, 3:6], panels[p, 6:9]
-        normal = np.cross(fast, slow)
-        key = tuple(np.round(np.concatenate([fast, slow, [np.dot(panels[p, 0:3], normal)], panels[p, 9:11]]), 6))
-        groups.setdefault(key, []).append(p)
+    for p in np.nonzero(extents[:, 0] > 0)[0]:
+        groups.setdefault(tuple(keys[p]), []).append(int(p))
     return list(groups.values())
 
 
@@ -143,7 +174,7 @@ def _reflections(plan, radius: float, s_max: float) -> np.ndarray:
 
     |S_h| ≤ s_max + radius and |F| > 0; the Ewald test is made with the first orientation and
     source, widened by how far the others can move a point (θ·|S| for a rotation by θ, plus the
-    change of the incident wave vector and of 1/λ). Returns float rows (n, 3).
+    change of the incident wave vector and of 1/λ). Returns int64 rows (n, 3).
     """
     m_all, sources = plan.orientations, plan.sources
     a_ref = np.linalg.inv(m_all[0])
@@ -161,219 +192,267 @@ def _reflections(plan, radius: float, s_max: float) -> np.ndarray:
     inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)[None, :]), axis=1)
     f = np.full(len(hkl), float(plan.default_f))
     f[inside] = grid[idx[inside, 0], idx[inside, 1], idx[inside, 2]]
-    return hkl[f != 0.0].astype(np.float64)
+    return np.ascontiguousarray(hkl[f != 0.0])
+
+
+@numba.njit(cache=True)
+def _line_interval(p0, c, radius):
+    """Parameters t with |p0 + t·c| ≤ radius: (t0, t1), empty when t0 > t1."""
+    a = c[0] * c[0] + c[1] * c[1] + c[2] * c[2]
+    b = p0[0] * c[0] + p0[1] * c[1] + p0[2] * c[2]
+    q = p0[0] * p0[0] + p0[1] * p0[1] + p0[2] * p0[2] - radius * radius
+    disc = b * b - a * q
+    if disc < 0.0 or a == 0.0:
+        return 1.0, -1.0
+    root = math.sqrt(disc)
+    return (-b - root) / a, (-b + root) / a
 
 
 @numba.njit(cache=True)
 def _candidates(hmax, a, k_in, k_len, reach, slack, theta):
-    """Integer (h, k, l) with |A·h| ≤ reach and ||k_in + A·h| − k_len| ≤ slack + θ·|A·h|; (n, 3) int64."""
-    out = np.empty(((2 * hmax[0] + 1) * (2 * hmax[1] + 1) * (2 * hmax[2] + 1), 3), dtype=np.int64)
+    """Integer (h, k, l) with |A·h| ≤ reach and ||k_in + A·h| − k_len| ≤ slack + θ·|A·h|; (n, 3) int64.
+
+    For each (h, k) only the l that the line A·(h, k, l) can have inside the sphere |S| ≤ reach
+    and inside the shell k_len ± (slack + θ·reach) are tested (with one index of margin).
+    """
+    out = np.empty((1024, 3), dtype=np.int64)
     n = 0
     reach2 = reach * reach
+    wide = slack + theta * reach
+    c = np.array([a[0, 2], a[1, 2], a[2, 2]])
+    s0 = np.empty(3)
+    p0 = np.empty(3)
     for h in range(-hmax[0], hmax[0] + 1):
         for k in range(-hmax[1], hmax[1] + 1):
-            x0 = a[0, 0] * h + a[0, 1] * k
-            y0 = a[1, 0] * h + a[1, 1] * k
-            z0 = a[2, 0] * h + a[2, 1] * k
-            for l in range(-hmax[2], hmax[2] + 1):
-                x = x0 + a[0, 2] * l
-                y = y0 + a[1, 2] * l
-                z = z0 + a[2, 2] * l
-                s2 = x * x + y * y + z * z
-                if s2 > reach2:
+            for i in range(3):
+                s0[i] = a[i, 0] * h + a[i, 1] * k
+                p0[i] = s0[i] + k_in[i]
+            t0, t1 = _line_interval(s0, c, reach)
+            u0, u1 = _line_interval(p0, c, k_len + wide)
+            lo = max(t0, u0)
+            hi = min(t1, u1)
+            if lo > hi:
+                continue
+            l_lo = max(-hmax[2], int(math.ceil(lo)) - 1)
+            l_hi = min(hmax[2], int(math.floor(hi)) + 1)
+            skip_lo, skip_hi = 1, 0  # l strictly inside the inner sphere k_len − wide
+            if k_len > wide:
+                v0, v1 = _line_interval(p0, c, k_len - wide)
+                if v0 <= v1:
+                    skip_lo, skip_hi = int(math.ceil(v0)) + 1, int(math.floor(v1)) - 1
+            l = l_lo
+            while l <= l_hi:
+                if skip_lo <= l <= skip_hi:
+                    l = skip_hi + 1
                     continue
-                px, py, pz = x + k_in[0], y + k_in[1], z + k_in[2]
-                if abs(math.sqrt(px * px + py * py + pz * pz) - k_len) <= slack + theta * math.sqrt(s2):
-                    out[n, 0], out[n, 1], out[n, 2] = h, k, l
-                    n += 1
+                x = s0[0] + c[0] * l
+                y = s0[1] + c[1] * l
+                z = s0[2] + c[2] * l
+                s2 = x * x + y * y + z * z
+                if s2 <= reach2:
+                    px, py, pz = x + k_in[0], y + k_in[1], z + k_in[2]
+                    if abs(math.sqrt(px * px + py * py + pz * pz) - k_len) <= slack + theta * math.sqrt(s2):
+                        if n == out.shape[0]:
+                            grown = np.empty((2 * n, 3), dtype=np.int64)
+                            grown[:n] = out
+                            out = grown
+                        out[n, 0], out[n, 1], out[n, 2] = h, k, l
+                        n += 1
+                l += 1
     return out[:n]
 
 
-@numba.njit(cache=True)
-def _windows(hkl, a_all, sources, radius, planes, members, member_start, pad):
-    """Windows (o, j, panel, f0, f1, s0, s1) of every reflection near the Ewald sphere of every (o, j).
+@numba.njit(parallel=True, cache=True)
+def _cap_boxes(hkl, a_all, sources, radius, planes, q0, boxes, status):
+    """Bounding boxes, in each plane's pixels, of the caps of (orientation × source) q0 + i and every reflection.
 
-    ``planes[g]`` = origin xyz, fast xyz, slow xyz, pitch f, s of the first panel of group g;
-    ``members[i]`` = panel, shift along fast and slow (px, from the group's first panel), size
-    fast and slow (px), for the panels of group g at ``member_start[g]:member_start[g + 1]``.
+    ``planes[g]`` = origin xyz, fast xyz, slow xyz, pitch f, s of the first panel of group g.
     The cap of the sphere within ``radius`` of a point is a cone of directions; a polygon
-    circumscribing its outline is projected onto each plane and its bounding box taken.
+    circumscribing its outline is projected onto each plane. ``status[i, r, g]``: 0 the cap
+    misses plane g, 1 ``boxes[i, r, g]`` = (f_lo, f_hi, s_lo, s_hi) holds it, 2 it may cover
+    the whole plane (the cap crosses the plane's horizon).
     """
-    n_sides = 12
+    n_sides = _POLYGON_SIDES
     widen = 1.0 / math.cos(math.pi / n_sides)
-    out = np.empty((1024, 7), dtype=np.int64)
-    m = 0
+    cos_q = np.empty(n_sides)
+    sin_q = np.empty(n_sides)
+    for q in range(n_sides):
+        cos_q[q] = math.cos(2.0 * math.pi * q / n_sides)
+        sin_q[q] = math.sin(2.0 * math.pi * q / n_sides)
     n_groups = planes.shape[0]
-    for o in range(a_all.shape[0]):
+    n_sources = sources.shape[0]
+    horizon = math.radians(80.0)
+    for i in numba.prange(status.shape[0]):
+        o = (q0 + i) // n_sources
+        j = (q0 + i) % n_sources
         a = a_all[o]
-        for j in range(sources.shape[0]):
-            k = 1.0 / sources[j, 3]
-            kx, ky, kz = sources[j, 0] * k, sources[j, 1] * k, sources[j, 2] * k
-            for r in range(hkl.shape[0]):
-                h, kk, l = hkl[r, 0], hkl[r, 1], hkl[r, 2]
-                px = a[0, 0] * h + a[0, 1] * kk + a[0, 2] * l + kx
-                py = a[1, 0] * h + a[1, 1] * kk + a[1, 2] * l + ky
-                pz = a[2, 0] * h + a[2, 1] * kk + a[2, 2] * l + kz
-                pl = math.sqrt(px * px + py * py + pz * pz)
-                if abs(pl - k) > radius or pl == 0.0:
-                    continue
-                cos_half = (k * k + pl * pl - radius * radius) / (2.0 * k * pl)
-                cos_half = min(1.0, max(-1.0, cos_half))
-                half = math.acos(cos_half)
-                unbounded = half > math.radians(80.0)
-                cx, cy, cz = px / pl, py / pl, pz / pl
-                # two unit vectors perpendicular to the cone axis
-                if abs(cx) < 0.9:
-                    ux, uy, uz = 0.0, cz, -cy
-                else:
-                    ux, uy, uz = -cz, 0.0, cx
-                un = math.sqrt(ux * ux + uy * uy + uz * uz)
-                ux, uy, uz = ux / un, uy / un, uz / un
-                vx, vy, vz = cy * uz - cz * uy, cz * ux - cx * uz, cx * uy - cy * ux
-                t = math.tan(half) * widen if not unbounded else 0.0
-                for g in range(n_groups):
-                    ox, oy, oz = planes[g, 0], planes[g, 1], planes[g, 2]
-                    fx, fy, fz = planes[g, 3], planes[g, 4], planes[g, 5]
-                    sx, sy, sz = planes[g, 6], planes[g, 7], planes[g, 8]
-                    nx, ny, nz = fy * sz - fz * sy, fz * sx - fx * sz, fx * sy - fy * sx
-                    dist = ox * nx + oy * ny + oz * nz
-                    centre_hit = (cx * nx + cy * ny + cz * nz) * dist > 0
-                    full = unbounded
-                    any_hit = False
-                    f_lo, f_hi, s_lo, s_hi = 1e300, -1e300, 1e300, -1e300
-                    if not unbounded:
-                        for q in range(n_sides):
-                            phi = 2.0 * math.pi * q / n_sides
-                            c, sn = math.cos(phi), math.sin(phi)
-                            dx = cx + t * (c * ux + sn * vx)
-                            dy = cy + t * (c * uy + sn * vy)
-                            dz = cz + t * (c * uz + sn * vz)
-                            along = dx * nx + dy * ny + dz * nz
-                            if along * dist <= 0:
-                                full = True
-                                continue
-                            any_hit = True
-                            sc = dist / along
-                            hx, hy, hz = sc * dx - ox, sc * dy - oy, sc * dz - oz
-                            f = (hx * fx + hy * fy + hz * fz) / planes[g, 9]
-                            s_ = (hx * sx + hy * sy + hz * sz) / planes[g, 10]
-                            f_lo, f_hi = min(f_lo, f), max(f_hi, f)
-                            s_lo, s_hi = min(s_lo, s_), max(s_hi, s_)
-                    if full and not (centre_hit or any_hit):
-                        continue  # the whole cap misses this plane
-                    for i in range(member_start[g], member_start[g + 1]):
-                        nf, ns = members[i, 3], members[i, 4]
-                        if full:
-                            f0, f1, s0, s1 = 0, int(nf), 0, int(ns)
-                        else:
-                            df, ds = members[i, 1], members[i, 2]
-                            if f_hi < df - 1.0 or f_lo > df + nf + 1.0 or s_hi < ds - 1.0 or s_lo > ds + ns + 1.0:
-                                continue
-                            f0 = int(math.floor(min(max(f_lo - df - 1e-6, -2.0), nf + 2.0))) - pad
-                            f1 = int(math.floor(min(max(f_hi - df + 1e-6, -2.0), nf + 2.0))) + 1 + pad
-                            s0 = int(math.floor(min(max(s_lo - ds - 1e-6, -2.0), ns + 2.0))) - pad
-                            s1 = int(math.floor(min(max(s_hi - ds + 1e-6, -2.0), ns + 2.0))) + 1 + pad
-                            f0, f1 = max(f0, 0), min(f1, int(nf))
-                            s0, s1 = max(s0, 0), min(s1, int(ns))
-                        if f1 <= f0 or s1 <= s0:
+        k = 1.0 / sources[j, 3]
+        kx, ky, kz = sources[j, 0] * k, sources[j, 1] * k, sources[j, 2] * k
+        for r in range(hkl.shape[0]):
+            for g in range(n_groups):
+                status[i, r, g] = 0
+            h, kk, l = hkl[r, 0], hkl[r, 1], hkl[r, 2]
+            px = a[0, 0] * h + a[0, 1] * kk + a[0, 2] * l + kx
+            py = a[1, 0] * h + a[1, 1] * kk + a[1, 2] * l + ky
+            pz = a[2, 0] * h + a[2, 1] * kk + a[2, 2] * l + kz
+            pl = math.sqrt(px * px + py * py + pz * pz)
+            if abs(pl - k) > radius or pl == 0.0:
+                continue
+            cos_half = min(1.0, max(-1.0, (k * k + pl * pl - radius * radius) / (2.0 * k * pl)))
+            half = math.acos(cos_half)
+            unbounded = half > horizon
+            cx, cy, cz = px / pl, py / pl, pz / pl
+            # two unit vectors perpendicular to the cone axis
+            if abs(cx) < 0.9:
+                ux, uy, uz = 0.0, cz, -cy
+            else:
+                ux, uy, uz = -cz, 0.0, cx
+            un = math.sqrt(ux * ux + uy * uy + uz * uz)
+            ux, uy, uz = ux / un, uy / un, uz / un
+            vx, vy, vz = cy * uz - cz * uy, cz * ux - cx * uz, cx * uy - cy * ux
+            t = math.tan(half) * widen if not unbounded else 0.0
+            for g in range(n_groups):
+                ox, oy, oz = planes[g, 0], planes[g, 1], planes[g, 2]
+                fx, fy, fz = planes[g, 3], planes[g, 4], planes[g, 5]
+                sx, sy, sz = planes[g, 6], planes[g, 7], planes[g, 8]
+                nx, ny, nz = fy * sz - fz * sy, fz * sx - fx * sz, fx * sy - fy * sx
+                dist = ox * nx + oy * ny + oz * nz
+                centre_hit = (cx * nx + cy * ny + cz * nz) * dist > 0
+                full = unbounded
+                any_hit = False
+                f_lo, f_hi, s_lo, s_hi = 1e300, -1e300, 1e300, -1e300
+                if not unbounded:
+                    for q in range(n_sides):
+                        dx = cx + t * (cos_q[q] * ux + sin_q[q] * vx)
+                        dy = cy + t * (cos_q[q] * uy + sin_q[q] * vy)
+                        dz = cz + t * (cos_q[q] * uz + sin_q[q] * vz)
+                        along = dx * nx + dy * ny + dz * nz
+                        if along * dist <= 0:
+                            full = True
                             continue
-                        if m == out.shape[0]:
-                            grown = np.empty((2 * m, 7), dtype=np.int64)
-                            grown[:m] = out
-                            out = grown
-                        out[m, 0], out[m, 1], out[m, 2] = o, j, int(members[i, 0])
-                        out[m, 3], out[m, 4], out[m, 5], out[m, 6] = f0, f1, s0, s1
-                        m += 1
+                        any_hit = True
+                        sc = dist / along
+                        hx, hy, hz = sc * dx - ox, sc * dy - oy, sc * dz - oz
+                        f = (hx * fx + hy * fy + hz * fz) / planes[g, 9]
+                        s_ = (hx * sx + hy * sy + hz * sz) / planes[g, 10]
+                        f_lo, f_hi = min(f_lo, f), max(f_hi, f)
+                        s_lo, s_hi = min(s_lo, s_), max(s_hi, s_)
+                if full and not (centre_hit or any_hit):
+                    continue  # the whole cap misses this plane
+                status[i, r, g] = 2 if full else 1
+                boxes[i, r, g, 0], boxes[i, r, g, 1], boxes[i, r, g, 2], boxes[i, r, g, 3] = f_lo, f_hi, s_lo, s_hi
+
+
+@numba.njit(cache=True)
+def _box_windows(boxes, status, q0, n_sources, members, member_start, max_slow, pad):
+    """Window rows (:data:`WINDOW_COLUMNS`) of the cap boxes on every panel of their plane.
+
+    ``members[i]`` = panel, shift along fast and slow (px, from the group's first panel), size
+    fast and slow (px), for the panels of group g at ``member_start[g]:member_start[g + 1]``,
+    sorted by the slow shift; ``max_slow[g]`` is the largest slow size in group g.
+    """
+    out = np.empty((1024, 8), dtype=np.int64)
+    m = 0
+    for i in range(status.shape[0]):
+        o = (q0 + i) // n_sources
+        j = (q0 + i) % n_sources
+        for r in range(status.shape[1]):
+            for g in range(status.shape[2]):
+                if status[i, r, g] == 0:
+                    continue
+                full = status[i, r, g] == 2
+                f_lo, f_hi, s_lo, s_hi = boxes[i, r, g, 0], boxes[i, r, g, 1], boxes[i, r, g, 2], boxes[i, r, g, 3]
+                e0, e1 = member_start[g], member_start[g + 1]
+                if not full:  # members are sorted by their slow shift: only those near the box
+                    shifts = members[e0:e1, 2]
+                    e1 = e0 + np.searchsorted(shifts, s_hi + 1.0, side="right")
+                    e0 = e0 + np.searchsorted(shifts, s_lo - max_slow[g] - 1.0, side="left")
+                for e in range(e0, e1):
+                    nf, ns = members[e, 3], members[e, 4]
+                    if full:
+                        f0, f1, s0, s1 = 0, int(nf), 0, int(ns)
+                    else:
+                        df, ds = members[e, 1], members[e, 2]
+                        if f_hi < df - 1.0 or f_lo > df + nf + 1.0 or s_hi < ds - 1.0 or s_lo > ds + ns + 1.0:
+                            continue
+                        f0 = int(math.floor(min(max(f_lo - df - 1e-6, -2.0), nf + 2.0))) - pad
+                        f1 = int(math.floor(min(max(f_hi - df + 1e-6, -2.0), nf + 2.0))) + 1 + pad
+                        s0 = int(math.floor(min(max(s_lo - ds - 1e-6, -2.0), ns + 2.0))) - pad
+                        s1 = int(math.floor(min(max(s_hi - ds + 1e-6, -2.0), ns + 2.0))) + 1 + pad
+                        f0, f1 = max(f0, 0), min(f1, int(nf))
+                        s0, s1 = max(s0, 0), min(s1, int(ns))
+                    if f1 <= f0 or s1 <= s0:
+                        continue
+                    if m == out.shape[0]:
+                        grown = np.empty((2 * m, 8), dtype=np.int64)
+                        grown[:m] = out
+                        out = grown
+                    out[m, 0], out[m, 1], out[m, 2] = o, j, int(members[e, 0])
+                    out[m, 3], out[m, 4], out[m, 5], out[m, 6], out[m, 7] = f0, f1, s0, s1, r
+                    m += 1
     return out[:m]
 
 
-def spot_spans(plan, tolerance: float = 1e-3, pad_px: int = 0) -> np.ndarray:
-    """The pixels to evaluate per (orientation, source): an int64 table, one row per run of pixels.
+def spot_windows(plan, tolerance: float = 1e-3, pad_px: int = 0) -> SpotWindows:
+    """The pixel windows of every (orientation, source, reflection) of a render.
 
-    Columns :data:`SPAN_COLUMNS`. Runs of the same (orientation, source) never overlap, and
-    they lie within the plan's rows (``roi``). A window holds every pixel that the projected
-    cap touches (every sub-pixel sample of the cap lies in such a pixel), widened by 10⁻⁶ px
-    against rounding and by ``pad_px`` on each side.
+    A window holds every pixel that the projected cap touches (every sub-pixel sample of the
+    cap lies in such a pixel), widened by 10⁻⁶ px against rounding and by ``pad_px`` on each
+    side, and lies within the plan's rendered panel extents (``roi``).
+
+    Parameters
+    ----------
+    plan : KernelPlan
+        The render (:func:`xrais.simulate.render.render_plan`).
+    tolerance : float
+        Relative lattice-transform level below which a term is neglected.
+    pad_px : int
+        Extra pixels on each side of every window.
+
+    Returns
+    -------
+    SpotWindows
     """
     panels, sources, rows = plan.panels, plan.sources, plan.rows
     n_p = len(panels)
+    table = row_table(rows, n_p)
+    none = SpotWindows(np.zeros((0, 3), dtype=np.int64), np.zeros((0, 8), dtype=np.int64), table)
     if len(rows) == 0:
-        return np.zeros((0, 8), dtype=np.int64)
-    table = _row_table(rows, n_p)
+        return none
     extents = np.zeros((n_p, 2), dtype=np.int64)  # fast, slow size of the rendered part of each panel
-    for p in range(n_p):
-        present = np.nonzero(table[p, :, 1])[0]
-        if len(present):
-            extents[p] = (int(table[p, present, 1].max()), int(present.max()) + 1)
+    present = table[:, :, 1] > 0
+    extents[:, 0] = table[:, :, 1].max(axis=1)
+    extents[:, 1] = np.where(present.any(axis=1), present.shape[1] - np.argmax(present[:, ::-1], axis=1), 0)
     radius = lattice_extent(plan.shape_code, plan.n_cells, plan.fudge, tolerance, plan.a0)
     s_max = _max_scattering(panels, extents, sources)
     if plan.inv_dmin > 0:
         s_max = min(s_max, plan.inv_dmin)
     hkl = _reflections(plan, radius, s_max)
     groups = _panel_groups(panels, extents)
+    if len(hkl) == 0 or not groups:
+        return SpotWindows(hkl, none.windows, table)
     planes = np.array([panels[g[0], 0:11] for g in groups], dtype=np.float64).reshape(-1, 11)
-    members, member_start = [], [0]
+    members, member_start, max_slow = [], [0], []
     for g in groups:
         p0 = g[0]
-        for p in g:
-            shift = panels[p, 0:3] - panels[p0, 0:3]
-            members.append((p, shift @ panels[p0, 3:6] / panels[p0, 9], shift @ panels[p0, 6:9] / panels[p0, 10],
-                            extents[p, 0], extents[p, 1]))
-        member_start.append(len(members))
+        shift = panels[g, 0:3] - panels[p0, 0:3]
+        rows = np.column_stack([g, shift @ panels[p0, 3:6] / panels[p0, 9], shift @ panels[p0, 6:9] / panels[p0, 10],
+                                extents[g, 0], extents[g, 1]]).astype(np.float64)
+        members.append(rows[np.argsort(rows[:, 2], kind="stable")])
+        member_start.append(member_start[-1] + len(g))
+        max_slow.append(float(rows[:, 4].max()))
+    members_arr = np.concatenate(members)
+    member_start_arr = np.array(member_start, dtype=np.int64)
     a_all = np.ascontiguousarray(np.linalg.inv(plan.orientations))  # S_h = A_o·h, A_o = M_o⁻¹
-    win = _windows(np.ascontiguousarray(hkl), a_all, np.ascontiguousarray(sources, dtype=np.float64), float(radius),
-                   planes, np.array(members, dtype=np.float64).reshape(-1, 5),
-                   np.array(member_start, dtype=np.int64), int(pad_px))
-    if len(win) == 0:
-        return np.zeros((0, 8), dtype=np.int64)
-    # sort by (orientation, source, panel), then by fast start, and merge per row
-    group = (win[:, 0] * len(sources) + win[:, 1]) * n_p + win[:, 2]
-    win = win[np.argsort(group * (int(extents[:, 0].max()) + 1) + win[:, 3], kind="stable")]
-    group = (win[:, 0] * len(sources) + win[:, 1]) * n_p + win[:, 2]
-    spans = _merge_windows(np.ascontiguousarray(win), group, table)
-    return spans[np.argsort(spans[:, 6], kind="stable")]
-
-
-@numba.njit(cache=True)
-def _merge_windows(win, group, table):
-    """Disjoint runs per (orientation, source, panel, row) from windows sorted by group, then fast start."""
-    n = win.shape[0]
-    capacity = 0
-    for w in range(n):
-        capacity += win[w, 6] - win[w, 5]
-    out = np.empty((capacity, 8), dtype=np.int64)
-    m = 0
-    g0 = 0
-    while g0 < n:
-        g1 = g0
-        s_lo, s_hi = win[g0, 5], win[g0, 6]
-        while g1 < n and group[g1] == group[g0]:
-            s_lo = min(s_lo, win[g1, 5])
-            s_hi = max(s_hi, win[g1, 6])
-            g1 += 1
-        o, j, p = win[g0, 0], win[g0, 1], win[g0, 2]
-        for s in range(s_lo, s_hi):
-            f_lo, f_hi = table[p, s, 0], table[p, s, 1]
-            if f_hi <= f_lo:
-                continue
-            cur0, cur1 = -1, -1
-            for w in range(g0, g1):
-                if win[w, 5] <= s < win[w, 6]:
-                    a = max(win[w, 3], f_lo)
-                    b = min(win[w, 4], f_hi)
-                    if b <= a:
-                        continue
-                    if cur1 >= 0 and a <= cur1:
-                        cur1 = max(cur1, b)
-                    else:
-                        if cur1 >= 0:
-                            out[m, 0], out[m, 1], out[m, 2], out[m, 3] = o, j, p, s
-                            out[m, 4], out[m, 5], out[m, 6], out[m, 7] = cur0, cur1, table[p, s, 2], table[p, s, 3]
-                            m += 1
-                        cur0, cur1 = a, b
-            if cur1 >= 0:
-                out[m, 0], out[m, 1], out[m, 2], out[m, 3] = o, j, p, s
-                out[m, 4], out[m, 5], out[m, 6], out[m, 7] = cur0, cur1, table[p, s, 2], table[p, s, 3]
-                m += 1
-        g0 = g1
-    return out[:m]
+    src = np.ascontiguousarray(sources, dtype=np.float64)
+    n_q = len(plan.orientations) * len(sources)
+    chunk = max(1, min(n_q, _BOXES_PER_CHUNK // (len(hkl) * len(planes))))
+    parts = []
+    for q0 in range(0, n_q, chunk):
+        n = min(chunk, n_q - q0)
+        boxes = np.empty((n, len(hkl), len(planes), 4))
+        status = np.empty((n, len(hkl), len(planes)), dtype=np.int8)
+        _cap_boxes(hkl, a_all, src, float(radius), planes, q0, boxes, status)
+        parts.append(_box_windows(boxes, status, q0, len(sources), members_arr, member_start_arr,
+                                  np.array(max_slow), int(pad_px)))
+    return SpotWindows(hkl, np.concatenate(parts), table)

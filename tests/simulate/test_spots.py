@@ -17,7 +17,7 @@ from xrais.errors import ConfigError
 from xrais.geometry import Beam, Detector
 from xrais.simulate import Crystal, StructureFactors, render
 from xrais.simulate.render import render_plan
-from xrais.simulate.spot_windows import lattice_extent, spot_spans
+from xrais.simulate.spot_windows import lattice_extent, spot_windows
 
 from test_parity import CASE_NAMES, _cases, render_case
 
@@ -101,16 +101,32 @@ def test_spots_evaluate_few_pixels_for_large_domains():
                       shape="gauss_2022", mosaic_spread_deg=0.3, mosaic_domains=4)
     det = Detector.flat(image_size=(200, 200), pixel_size_mm=0.2, distance_mm=100.0, beam_center_px=(100.5, 100.5))
     plan = render_plan(crystal, Beam(wavelength_A=1.0), det)
-    spans = spot_spans(plan)
-    evaluated = int((spans[:, 5] - spans[:, 4]).sum())
-    assert 0 < evaluated < 0.05 * 200 * 200 * len(plan.orientations)
-    # runs of the same (orientation, source) never overlap
-    pixels = set()
-    for o, j, _p, s, f0, f1, out_s, out_f0 in spans:
-        for f in range(f0, f1):
-            key = (o, j, out_s, out_f0 + f)
-            assert key not in pixels
-            pixels.add(key)
+    found = spot_windows(plan)
+    assert 0 < found.pixel_terms < 0.05 * 200 * 200 * len(plan.orientations)
+    w = found.windows
+    assert np.all((w[:, 3] < w[:, 4]) & (w[:, 5] < w[:, 6]) & (w[:, 3] >= 0) & (w[:, 4] <= 200) & (w[:, 6] <= 200))
+    assert set(w[:, 0]) == set(range(4)) and w[:, 7].max() < len(found.miller_index)
+
+
+@pytest.mark.parametrize("shape", ["square", "gauss_2022"])
+def test_overlapping_windows_count_every_term_once(shape):
+    # a large cell with few cells per domain: neighbouring spots' windows overlap (at a low
+    # tolerance they cover most of the detector), yet each term is added by one window only
+    cell = (180.0, 190.0, 200.0, 90.0, 90.0, 90.0)
+    sf = StructureFactors.random_wilson(cell, "P 21 21 21", d_min_A=3.0, seed=2)
+    crystal = Crystal(cell=cell, structure_factors=sf, space_group="P 21 21 21", U=U, n_cells=(4, 5, 6), shape=shape,
+                      mosaic_spread_deg=0.2, mosaic_domains=2)
+    det = Detector.flat(image_size=(90, 80), pixel_size_mm=0.5, distance_mm=120.0, beam_center_px=(45.5, 40.2))
+    beam = Beam(wavelength_A=1.0, fluence_photons=1e17, beam_size_um=30.0)
+    plan = render_plan(crystal, beam, det)
+    found = spot_windows(plan, tolerance=1e-9)
+    cover = np.zeros((len(plan.orientations), 80, 90), dtype=np.int64)
+    for o, _j, _p, f0, f1, s0, s1, _r in found.windows:
+        cover[o, s0:s1, f0:f1] += 1
+    assert cover.max() >= 3  # windows do overlap
+    brute = render(crystal, beam, det, backend="numba")
+    spots = render(crystal, beam, det, backend="numba", method="spots", tolerance=1e-9)
+    np.testing.assert_allclose(spots, brute, rtol=1e-4, atol=1e-6 * float(brute.max()))
 
 
 def test_auto_picks_spots_for_large_domains_and_brute_for_tiny_ones(monkeypatch):
@@ -121,7 +137,7 @@ def test_auto_picks_spots_for_large_domains_and_brute_for_tiny_ones(monkeypatch)
     used = []
     monkeypatch.setattr(kernel_cpu, "render_cpu", lambda plan, _f=kernel_cpu.render_cpu: used.append("brute") or _f(plan))
     monkeypatch.setattr(kernel_spots, "render_spots_cpu",
-                        lambda plan, tol, spans=None, _f=kernel_spots.render_spots_cpu: used.append("spots") or _f(plan, tol, spans))
+                        lambda plan, tol, windows=None, _f=kernel_spots.render_spots_cpu: used.append("spots") or _f(plan, tol, windows))
     for n_cells, expected in (((20, 20, 20), "spots"), ((2, 2, 2), "brute")):
         crystal = Crystal(cell=CELL, structure_factors=SF, space_group="P 21 21 21", U=U, n_cells=n_cells,
                           shape="gauss_2022", mosaic_spread_deg=0.3, mosaic_domains=4)
@@ -130,21 +146,94 @@ def test_auto_picks_spots_for_large_domains_and_brute_for_tiny_ones(monkeypatch)
         np.testing.assert_array_equal(auto, render(crystal, beam, det, backend="numba", method=expected))
 
 
-def test_cached_background_map_is_reused_and_scales():
+@pytest.mark.parametrize("uniform", [True, False], ids=["one-sample", "oversampled"])
+def test_cached_geometry_maps_are_reused_and_scale(uniform):
     from xrais.simulate import kernel_spots
 
-    crystal, beam, det, options = _scene("gauss_2022", True)
-    kernel_spots._unit_background_cache.clear()
+    crystal, beam, det, options = _scene("gauss_2022", not uniform)
+    kernel_spots._geometry_cache.clear()
     first = render(crystal, beam, det, backend="numba", method="spots", water_um=30.0, **options)
-    assert len(kernel_spots._unit_background_cache) == 1
+    n_maps = len(kernel_spots._geometry_cache)
+    assert n_maps == 1  # Ω·P of the one sample, or (oversampled) the mean Ω·P for the background
     twice = render(crystal, beam, det, backend="numba", method="spots", water_um=60.0, **options)
-    assert len(kernel_spots._unit_background_cache) == 1  # same geometry: the map was reused
+    assert len(kernel_spots._geometry_cache) == n_maps  # same geometry: the maps were reused
     brute = render(crystal, beam, det, backend="numba", water_um=60.0, **options)
     np.testing.assert_allclose(twice, brute, rtol=2e-3, atol=1e-4 * float(brute.max()))
     assert not np.allclose(twice, first, rtol=1e-2)
     other = Detector.flat(image_size=(120, 100), pixel_size_mm=0.4, distance_mm=110.0, beam_center_px=(50.5, 40.2))
     render(crystal, beam, other, backend="numba", method="spots", water_um=30.0, **options)
-    assert len(kernel_spots._unit_background_cache) == 2
+    assert len(kernel_spots._geometry_cache) == 2 * n_maps
+
+
+def test_reflection_terms_and_background_sum_to_the_brute_force_pixel():
+    # per pixel: Σ over orientations, sources and reflections of the spot term, plus the
+    # background term, is pixel_value (the plain-Python functions, no kernel)
+    from xrais.simulate import physics
+
+    crystal, beam, det, options = _scene("round", True)
+    plan = render_plan(crystal, beam, det, water_um=10.0, **options)
+    args = dict(panels=plan.panels, sources=plan.sources, orientations=plan.orientations, a0=plan.a0,
+                shape=plan.shape_code, na=plan.n_cells[0], nb=plan.n_cells[1], nc=plan.n_cells[2], fudge=plan.fudge,
+                grid=plan.grid, hmin=plan.hkl_min[0], kmin=plan.hkl_min[1], lmin=plan.hkl_min[2],
+                default_f=plan.default_f, inv_dmin=plan.inv_dmin, oversample=plan.oversample, kahn=plan.kahn,
+                pol_ex=plan.polarization_axis[0], pol_ey=plan.polarization_axis[1], pol_ez=plan.polarization_axis[2],
+                flags=plan.flags, scale=plan.scale)
+    brute = render(crystal, beam, det, backend="numba", water_um=10.0, **options)
+    for fi, si in [tuple(np.unravel_index(np.argmax(brute), brute.shape))[::-1], (7, 90), (60, 33)]:
+        total = physics.pixel_background(0, fi, si, plan.panels, plan.sources, plan.oversample, plan.kahn,
+                                         *plan.polarization_axis, plan.flags, plan.scale, plan.background, plan.steps)
+        for o in range(len(plan.orientations)):
+            for j in range(len(plan.sources)):
+                centre = plan.orientations[o] @ ((det.panels[0].pixel_lab_coord_mm(fi + 0.5, si + 0.5)
+                                                  / np.linalg.norm(det.panels[0].pixel_lab_coord_mm(fi + 0.5, si + 0.5))
+                                                  - plan.sources[j, :3]) / plan.sources[j, 3])
+                near = np.round(centre)
+                for dh in np.ndindex(3, 3, 3):  # every index a sub-pixel can round to
+                    h = near + np.array(dh) - 1
+                    total += physics.spot_pixel_value(0, fi, si, o, j, *h, steps=plan.steps, **args)
+        whole = physics.pixel_value(0, fi, si, background=plan.background, steps=plan.steps, **args)
+        assert total == pytest.approx(whole, rel=1e-12)
+        assert whole == pytest.approx(float(brute[si, fi]), rel=1e-6)
+
+
+def test_shared_sample_weight_gives_the_same_term():
+    # one sub-pixel and one source: scale · Ω·P · Σ intensity / steps is spot_pixel_value
+    from xrais.simulate import physics
+
+    crystal, beam, det, _ = _scene("gauss", False)
+    plan = render_plan(crystal, beam, det)
+    assert physics.uniform_sample_weight(plan.oversample, len(plan.sources), plan.flags)
+    assert not physics.uniform_sample_weight(2, 1, 0) and physics.uniform_sample_weight(2, 3, 1 | 2)
+    brute = render(crystal, beam, det, backend="numba")
+    si, fi = np.unravel_index(np.argmax(brute), brute.shape)
+    m = plan.orientations[0]
+    pos = det.panels[0].pixel_lab_coord_mm(fi + 0.5, si + 0.5)
+    h = np.round(m @ ((pos / np.linalg.norm(pos) - plan.sources[0, :3]) / plan.sources[0, 3]))
+    common = (plan.a0, plan.shape_code, *plan.n_cells, plan.fudge, plan.grid, *plan.hkl_min, plan.default_f,
+              plan.inv_dmin)
+    weight = physics.first_sample_weight(0, fi, si, plan.panels, plan.sources, 1, plan.kahn, *plan.polarization_axis,
+                                         plan.flags)
+    shared = plan.scale * weight * physics.spot_intensity_sum(plan.panels, 0, fi, si, 1, *plan.sources[0], m, *common,
+                                                              *h) / plan.steps
+    term = physics.spot_pixel_value(0, fi, si, 0, 0, *h, plan.panels, plan.sources, plan.orientations, *common,
+                                    1, plan.kahn, *plan.polarization_axis, plan.flags, plan.scale, plan.steps)
+    assert term > 0 and shared == pytest.approx(term, rel=1e-12)
+
+
+def test_spots_with_omega_and_polarization_once_per_oversampled_pixel():
+    # nanoBragg's default weighting: every sub-pixel shares the first one's Ω·P (cached map)
+    from xrais.simulate.kernel import FLAG_OMEGA_ONCE, FLAG_POLAR_ONCE, run_plan
+
+    crystal, beam, det, options = _scene("square", True)
+    for water_um in (0.0, 1.0):
+        plan = render_plan(crystal, beam, det, flags=FLAG_OMEGA_ONCE | FLAG_POLAR_ONCE, water_um=water_um, **options)
+        assert plan.oversample == 2 and len(plan.sources) > 1
+        brute = run_plan(plan, "numba", method="brute")
+        spots = run_plan(plan, "numba", method="spots")
+        if water_um:
+            np.testing.assert_allclose(spots, brute, rtol=2e-3, atol=1e-4 * float(brute.max()))
+        else:
+            assert compare_spots(brute, spots) >= 3
 
 
 def test_lattice_extent_shrinks_with_tolerance_and_size():
