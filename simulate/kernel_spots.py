@@ -8,11 +8,11 @@ samples whose nearest index is the window's reflection), on top of the backgroun
 :func:`xrais.simulate.physics.pixel_background` of every pixel: summed, that is
 :func:`xrais.simulate.physics.pixel_value` less the neglected tails.
 
-What depends only on the geometry (rows, panels, sources, sampling, polarization) is computed
-once and cached: Ω·P of each pixel's first sample (the weight of every sample when they all
-share it, :func:`~xrais.simulate.physics.uniform_sample_weight`) and, otherwise, the mean
-weight that the background term needs. The background is linear in ``scale × background`` and
-is taken from these maps.
+What depends only on the geometry (rows, panels, sources, sampling, polarization) is kept per
+geometry: Ω·P of each pixel's first sample (the weight of every sample when they all share it,
+:func:`~xrais.simulate.physics.uniform_sample_weight`), filled as windows reach new pixels,
+and, where samples differ, the mean weight that the background term needs. The background is
+linear in ``scale × background`` and is taken from these maps.
 
 CPU: the output rows are cut into bands, each band renders the rows of the windows that cross
 it, and the bands are spread over threads, so no two threads write the same pixel. GPU: the
@@ -51,7 +51,7 @@ __all__ = ["render_spots_cpu", "render_spots_cuda", "spot_args", "window_rows"]
 #: Output rows per band of the CPU kernel.
 BAND_ROWS = 8
 _GEOMETRY_CACHE_SIZE = 4
-_geometry_cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_geometry_cache: "OrderedDict[tuple, list]" = OrderedDict()  # key → [map, complete]
 _cache_lock = threading.Lock()
 
 
@@ -80,17 +80,23 @@ def _band_kernel(mode: int):
                     f_lo, f_hi = max(windows[w, 3], table[p, si, 0]), min(windows[w, 4], table[p, si, 1])
                     out_s, out_f0 = table[p, si, 2], table[p, si, 3]
                     for fi in range(f_lo, f_hi):
-                        if mode == _SINGLE:  # the one sample, at the pixel centre
-                            px, py, pz = sample_position(panels, p, fi, si, 0, 0, 1)
-                            value = orientation_intensity(px, py, pz, ix, iy, iz, lam, m, a0, shape, na, nb, nc,
-                                                          fudge, grid, hmin, kmin, lmin, default_f, inv_dmin, hw, kw,
-                                                          lw)
-                            image[out_s, out_f0 + fi] += scale * weights[out_s, out_f0 + fi] * value / steps
-                        elif mode == _UNIFORM:
-                            value = spot_intensity_sum(panels, p, fi, si, oversample, ix, iy, iz, lam, m, a0, shape,
-                                                       na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f, inv_dmin,
-                                                       hw, kw, lw)
-                            image[out_s, out_f0 + fi] += scale * weights[out_s, out_f0 + fi] * value / steps
+                        if mode == _SINGLE or mode == _UNIFORM:
+                            if mode == _SINGLE:  # the one sample, at the pixel centre
+                                px, py, pz = sample_position(panels, p, fi, si, 0, 0, 1)
+                                value = orientation_intensity(px, py, pz, ix, iy, iz, lam, m, a0, shape, na, nb, nc,
+                                                              fudge, grid, hmin, kmin, lmin, default_f, inv_dmin, hw,
+                                                              kw, lw)
+                            else:
+                                value = spot_intensity_sum(panels, p, fi, si, oversample, ix, iy, iz, lam, m, a0,
+                                                           shape, na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f,
+                                                           inv_dmin, hw, kw, lw)
+                            weight = weights[out_s, out_f0 + fi]
+                            if weight == 0.0:  # not yet computed for this geometry (only this band writes here)
+                                weight = first_sample_weight(p, fi, si, panels, sources, oversample, kahn, pol_ex,
+                                                             pol_ey, pol_ez, flags)
+                                weights[out_s, out_f0 + fi] = weight
+                                weight = weights[out_s, out_f0 + fi]  # as stored (float32), as a later image reads it
+                            image[out_s, out_f0 + fi] += scale * weight * value / steps
                         else:
                             image[out_s, out_f0 + fi] += spot_pixel_value(
                                 p, fi, si, o, j, hw, kw, lw, panels, sources, orientations, a0, shape, na, nb, nc,
@@ -130,12 +136,14 @@ def _band_index(windows, panel_row0, n_bands):
 
 
 @numba.njit(parallel=True)
-def _weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
+def _fill_weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
+    """Ω·P of the first sample of every rendered pixel that does not have it yet (0)."""
     for r in numba.prange(rows.shape[0]):
         p, si, f_lo, f_hi, out_s, out_f0 = rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], rows[r, 5]
         for fi in range(f_lo, f_hi):
-            image[out_s, out_f0 + fi] = first_sample_weight(p, fi, si, panels, sources, oversample, kahn, pol_ex,
-                                                            pol_ey, pol_ez, flags)
+            if image[out_s, out_f0 + fi] == 0.0:
+                image[out_s, out_f0 + fi] = first_sample_weight(p, fi, si, panels, sources, oversample, kahn, pol_ex,
+                                                                pol_ey, pol_ez, flags)
 
 
 @numba.njit(parallel=True)
@@ -155,23 +163,35 @@ def _geometry_key(plan) -> tuple:
             float(plan.kahn), tuple(plan.polarization_axis), int(plan.flags) & ~16)
 
 
-def _geometry_map(plan, kind: str) -> np.ndarray:
-    """``"weight"``: Ω·P of each pixel's first sample; ``"mean"``: its mean Ω·P (float32, read-only, cached)."""
+def _geometry_map(plan, kind: str, *, complete: bool = True) -> np.ndarray:
+    """A float32 per-pixel map of the plan's geometry, cached (the last few geometries are kept).
+
+    ``"weight"``: Ω·P of each pixel's first sample. It is filled lazily: 0 marks a pixel not
+    yet computed, the spot kernel computes and stores the pixels of its windows, and
+    ``complete=True`` fills the rest, so that a new geometry (a training set of random detector
+    distances) costs only its windows' pixels. ``"mean"``: the mean Ω·P of each pixel's samples
+    (read-only, always complete).
+    """
     key = (kind, *_geometry_key(plan))
     with _cache_lock:
-        if key in _geometry_cache:
+        entry = _geometry_cache.get(key)
+        if entry is not None:
             _geometry_cache.move_to_end(key)
-            return _geometry_cache[key]
-    image = np.zeros(plan.image_shape, dtype=np.float32)
-    kernel = _weight_map if kind == "weight" else _mean_weight_map
-    kernel(image, plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
-           *map(float, plan.polarization_axis), int(plan.flags))
-    image.flags.writeable = False
-    with _cache_lock:
-        _geometry_cache[key] = image
-        while len(_geometry_cache) > _GEOMETRY_CACHE_SIZE:
-            _geometry_cache.popitem(last=False)
-    return image
+    if entry is None:
+        image = np.zeros(plan.image_shape, dtype=np.float32)  # pages untouched until written
+        if kind == "mean":
+            _mean_weight_map(image, plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
+                             *map(float, plan.polarization_axis), int(plan.flags))
+            image.flags.writeable = False
+        with _cache_lock:
+            entry = _geometry_cache.setdefault(key, [image, kind == "mean"])  # [map, complete]
+            while len(_geometry_cache) > _GEOMETRY_CACHE_SIZE:
+                _geometry_cache.popitem(last=False)
+    if complete and not entry[1]:
+        _fill_weight_map(entry[0], plan.rows, plan.panels, plan.sources, int(plan.oversample), float(plan.kahn),
+                         *map(float, plan.polarization_axis), int(plan.flags))
+        entry[1] = True
+    return entry[0]
 
 
 def _uniform(plan) -> bool:
@@ -232,7 +252,8 @@ def render_spots_cpu(plan, tolerance: float = 1e-3, windows: SpotWindows | None 
         # bands in a fixed shuffled order, so that the threads' contiguous shares get equal work
         band_order = np.random.default_rng(0).permutation(n_bands).astype(np.int64)
         if _uniform(plan):
-            mode, weights = (_SINGLE if plan.oversample == 1 else _UNIFORM), _geometry_map(plan, "weight")
+            mode = _SINGLE if plan.oversample == 1 else _UNIFORM
+            weights = _geometry_map(plan, "weight", complete=False)
         else:
             mode, weights = _GENERAL, np.zeros((0, 0), dtype=np.float32)
         _render_bands(mode, image, weights, band_order, band_start, band_windows, windows.windows,
@@ -242,7 +263,8 @@ def render_spots_cpu(plan, tolerance: float = 1e-3, windows: SpotWindows | None 
 
 @numba.njit(cache=True)
 def _window_rows(windows, table):
-    """Windows cut into rows: orientation, source, panel, slow, fast start, end, output row, output fast offset, reflection."""
+    """Windows cut into rows: orientation, source, panel, slow, fast start and end, output row and fast offset,
+    reflection."""
     n = 0
     for w in range(windows.shape[0]):
         n += windows[w, 6] - windows[w, 5]

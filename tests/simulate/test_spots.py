@@ -236,6 +236,27 @@ def test_spots_with_omega_and_polarization_once_per_oversampled_pixel():
             assert compare_spots(brute, spots) >= 3
 
 
+def test_weight_map_fills_lazily_and_gives_the_same_image():
+    # a new geometry computes Ω·P only on its windows' pixels; a background needs all of them
+    from xrais.simulate import kernel_spots, physics
+
+    crystal, beam, det, _ = _scene("gauss_2022", False)
+    kernel_spots._geometry_cache.clear()
+    first = render(crystal, beam, det, backend="numba", method="spots")
+    (weights, complete), = kernel_spots._geometry_cache.values()
+    assert not complete and 0 < np.count_nonzero(weights) < 0.5 * weights.size
+    plan = render_plan(crystal, beam, det)
+    s, f = np.argwhere(weights > 0)[0]
+    expected = physics.first_sample_weight(0, f, s, plan.panels, plan.sources, 1, plan.kahn, *plan.polarization_axis,
+                                           plan.flags)
+    assert weights[s, f] == np.float32(expected)
+    np.testing.assert_array_equal(render(crystal, beam, det, backend="numba", method="spots"), first)
+    render(crystal, beam, det, backend="numba", method="spots", water_um=1.0)
+    (weights, complete), = kernel_spots._geometry_cache.values()
+    assert complete and np.all(weights > 0)
+    np.testing.assert_array_equal(render(crystal, beam, det, backend="numba", method="spots"), first)
+
+
 def test_lattice_extent_shrinks_with_tolerance_and_size():
     a0 = np.diag([1 / 60.0, 1 / 70.0, 1 / 80.0])
     for shape in range(6):
