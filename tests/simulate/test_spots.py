@@ -257,6 +257,33 @@ def test_weight_map_fills_lazily_and_gives_the_same_image():
     np.testing.assert_array_equal(render(crystal, beam, det, backend="numba", method="spots"), first)
 
 
+def test_reachable_reflections_equal_a_search_of_the_whole_index_box():
+    # the per-(h, k) line–shell intervals miss no index that the plain test over the box keeps
+    from xrais.simulate.spot_reflections import reachable_reflections
+
+    crystal, beam, det, options = _scene("gauss_2022", True)
+    plan = render_plan(crystal, beam, det, **options)
+    radius, s_max = 0.004, 0.55
+    found = {tuple(h) for h in reachable_reflections(plan, radius, s_max)}
+    a = np.linalg.inv(plan.orientations[0])
+    grids = np.meshgrid(*[np.arange(-m, m + 1) for m in (40, 45, 50)], indexing="ij")
+    hkl = np.stack([g.ravel() for g in grids], axis=1)
+    s = hkl @ a.T
+    k_in = plan.sources[:, :3] / plan.sources[:, 3:4]
+    theta = max(np.arccos(np.clip((np.trace(np.linalg.inv(m) @ plan.orientations[0]) - 1) / 2, -1, 1))
+                for m in plan.orientations)
+    shift = np.max(np.linalg.norm(k_in - k_in[0], axis=1) + np.abs(1 / plan.sources[:, 3] - 1 / plan.sources[0, 3]))
+    s_len = np.linalg.norm(s, axis=1)
+    excitation = np.abs(np.linalg.norm(s + k_in[0], axis=1) - 1 / plan.sources[0, 3])
+    keep = (s_len <= s_max + radius) & (excitation <= radius + shift + 1e-12 + theta * s_len)
+    idx = hkl[keep] - np.asarray(plan.hkl_min)
+    inside = np.all((idx >= 0) & (idx < plan.grid.shape), axis=1)
+    f = np.full(len(idx), plan.default_f)
+    f[inside] = plan.grid[tuple(idx[inside].T)]
+    expected = {tuple(h) for h in hkl[keep][f != 0]}
+    assert len(expected) > 100 and found == expected
+
+
 def test_lattice_extent_shrinks_with_tolerance_and_size():
     a0 = np.diag([1 / 60.0, 1 / 70.0, 1 / 80.0])
     for shape in range(6):
