@@ -15,8 +15,9 @@ import numpy as np
 from xrais.errors import ConfigError
 from xrais.geometry import Detector
 
-__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend", "METHODS", "AUTO_SPOT_FRACTION", "AUTO_SPOT_FRACTION_PER_SAMPLE",
-           "FLAG_OMEGA_ONCE", "FLAG_POLAR_ONCE", "FLAG_POINT_PIXEL", "FLAG_NO_POLAR", "FLAG_NANOBRAGG_BACKGROUND"]
+__all__ = ["KernelPlan", "panel_table", "pixel_rows", "choose_backend", "run_plan", "Backend", "METHODS",
+           "AUTO_SPOT_FRACTION", "AUTO_SPOT_FRACTION_PER_SAMPLE", "FLAG_OMEGA_ONCE", "FLAG_POLAR_ONCE",
+           "FLAG_POINT_PIXEL", "FLAG_NO_POLAR", "FLAG_NANOBRAGG_BACKGROUND"]
 
 Backend = Literal["auto", "numba", "cuda"]
 
