@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from xrais.errors import ConfigError
 from xrais.simulate.physics import (
     SHAPE_GAUSS,
     SHAPE_GAUSS_2022,
@@ -300,6 +301,8 @@ def spot_windows(plan, tolerance: float = 1e-3, pad_px: int = 0) -> SpotWindows:
     -------
     SpotWindows
     """
+    if not (isinstance(pad_px, (int, np.integer)) and pad_px >= 0):
+        raise ConfigError(f"pad_px {pad_px!r}: expected a whole number of pixels ≥ 0")
     panels, sources, rows = plan.panels, plan.sources, plan.rows
     n_p = len(panels)
     table = row_table(rows, n_p)

@@ -284,6 +284,30 @@ def test_reachable_reflections_equal_a_search_of_the_whole_index_box():
     assert len(expected) > 100 and found == expected
 
 
+def test_spots_on_panels_in_different_planes():
+    # two panels tilted towards each other (two plane groups), one beside the beam and one
+    # further out, each with its own block of the data array
+    from dataclasses import replace
+
+    crystal, beam, _, _ = _scene("gauss_2022", True)
+    panels = []
+    for i, angle in enumerate((-12.0, 20.0)):
+        flat = Detector.flat(image_size=(60, 80), pixel_size_mm=0.4, distance_mm=100.0, beam_center_px=(30.0, 40.0))
+        panel = flat.rotated((0.0, 1.0, 0.0), angle).panels[0]
+        panels.append(replace(panel, name=f"p{i}", array_offset_px=(60 * i, 0)))
+    det = Detector(panels=tuple(panels))
+    brute = render(crystal, beam, det, backend="numba")
+    spots = render(crystal, beam, det, backend="numba", method="spots")
+    assert spots.shape == (80, 120) and brute[:, :60].max() > 0 and brute[:, 60:].max() > 0
+    assert compare_spots(brute, spots) >= 3
+
+
+def test_window_padding_is_checked():
+    crystal, beam, det, _ = _scene("gauss", False)
+    with pytest.raises(ConfigError, match="pad_px"):
+        spot_windows(render_plan(crystal, beam, det), pad_px=-1)
+
+
 def test_lattice_extent_shrinks_with_tolerance_and_size():
     a0 = np.diag([1 / 60.0, 1 / 70.0, 1 / 80.0])
     for shape in range(6):
