@@ -39,6 +39,7 @@ __all__ = [
     "sample_position",
     "spot_pixel_value",
     "spot_intensity_sum",
+    "first_sample_omega_polar",
     "first_sample_weight",
     "uniform_sample_weight",
     "pixel_background",
@@ -306,27 +307,40 @@ def sample_position(panels, p: int, fi: int, si: int, sub_f: int, sub_s: int, n:
 
 
 @register_jitable
-def first_sample_weight(p: int, fi: int, si: int, panels, sources, oversample: int, kahn: float, pol_ex: float,
-                        pol_ey: float, pol_ez: float, flags: int) -> float:
-    """Ω·P at the first sub-pixel of pixel (fi, si) with the first source (P = 1 with flag 8).
+def first_sample_omega_polar(p: int, fi: int, si: int, panels, sources, oversample: int, kahn: float, pol_ex: float,
+                             pol_ey: float, pol_ez: float, flags: int):
+    """(Ω, P) at the first sub-pixel of pixel (fi, si) with the first source (P = 1 with flag 8).
 
-    The weight :func:`pixel_value` gives every sample when Ω and polarization are taken once
-    per pixel (flags 1 and 2), and the only one with one sub-pixel and one source.
+    What :func:`pixel_value` uses for every sample when Ω or polarization is taken once per
+    pixel (flags 1, 2), and for nanoBragg's background (flag 16).
     """
     px, py, pz = sample_position(panels, p, fi, si, 0, 0, oversample)
     omega = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], (flags & 4) != 0)
     if (flags & 8) != 0:
-        return omega
+        return omega, 1.0
     r = math.sqrt(px * px + py * py + pz * pz)
-    return omega * polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], px / r, py / r, pz / r,
-                                       pol_ex, pol_ey, pol_ez)
+    return omega, polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], px / r, py / r, pz / r,
+                                      pol_ex, pol_ey, pol_ez)
 
 
 @register_jitable
-def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, hw: float, kw: float, lw: float, panels, sources, orientations, a0, shape: int, na: float, nb: float, nc: float, fudge: float,
-                     grid, hmin: int, kmin: int, lmin: int, default_f: float, inv_dmin: float, oversample: int,
-                     kahn: float, pol_ex: float, pol_ey: float, pol_ez: float, flags: int, scale: float,
-                     steps: float) -> float:
+def first_sample_weight(p: int, fi: int, si: int, panels, sources, oversample: int, kahn: float, pol_ex: float,
+                        pol_ey: float, pol_ez: float, flags: int) -> float:
+    """Ω·P of :func:`first_sample_omega_polar`.
+
+    The weight :func:`pixel_value` gives every sample when Ω and polarization are taken once
+    per pixel (flags 1 and 2), and the only one with one sub-pixel and one source.
+    """
+    omega, polar = first_sample_omega_polar(p, fi, si, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez,
+                                            flags)
+    return omega * polar
+
+
+@register_jitable
+def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, hw: float, kw: float, lw: float, panels, sources,
+                     orientations, a0, shape: int, na: float, nb: float, nc: float, fudge: float, grid, hmin: int,
+                     kmin: int, lmin: int, default_f: float, inv_dmin: float, oversample: int, kahn: float,
+                     pol_ex: float, pol_ey: float, pol_ez: float, flags: int, scale: float, steps: float) -> float:
     """The part of :func:`pixel_value` from orientation ``o``, source ``j`` and reflection (hw, kw, lw) alone.
 
     Summed over every (o, j) and every reflection, and added to :func:`pixel_background`, it
@@ -343,8 +357,7 @@ def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, hw: float, kw: fl
     ix, iy, iz, lam = sources[j, 0], sources[j, 1], sources[j, 2], sources[j, 3]
     m = orientations[o]
     acc = 0.0
-    omega0 = -1.0
-    polar0 = 1.0
+    omega0, polar0 = -1.0, 1.0
     for sub_s in range(n):
         for sub_f in range(n):
             px, py, pz = sample_position(panels, p, fi, si, sub_f, sub_s, n)
@@ -353,12 +366,8 @@ def spot_pixel_value(p: int, fi: int, si: int, o: int, j: int, hw: float, kw: fl
             if value == 0.0:
                 continue
             if (omega_once or polar_once) and omega0 < 0.0:
-                qx, qy, qz = sample_position(panels, p, fi, si, 0, 0, n)
-                omega0 = solid_angle(qx, qy, qz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
-                if polar_once and not no_polar:
-                    rq = math.sqrt(qx * qx + qy * qy + qz * qz)
-                    polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], qx / rq, qy / rq,
-                                                 qz / rq, pol_ex, pol_ey, pol_ez)
+                omega0, polar0 = first_sample_omega_polar(p, fi, si, panels, sources, n, kahn, pol_ex, pol_ey, pol_ez,
+                                                          flags)
             if omega_once:
                 omega = omega0
             else:
@@ -415,13 +424,7 @@ def pixel_background(p: int, fi: int, si: int, panels, sources, oversample: int,
     point_pixel = (flags & 4) != 0
     no_polar = (flags & 8) != 0
     n = oversample
-    px, py, pz = sample_position(panels, p, fi, si, 0, 0, n)
-    r = math.sqrt(px * px + py * py + pz * pz)
-    omega0 = solid_angle(px, py, pz, panels[p, 9], panels[p, 10], panels[p, 11], point_pixel)
-    polar0 = 1.0
-    if not no_polar:
-        polar0 = polarization_factor(kahn, sources[0, 0], sources[0, 1], sources[0, 2], px / r, py / r, pz / r,
-                                     pol_ex, pol_ey, pol_ez)
+    omega0, polar0 = first_sample_omega_polar(p, fi, si, panels, sources, n, kahn, pol_ex, pol_ey, pol_ez, flags)
     if (flags & 16) != 0:
         return scale * background * omega0 * polar0 / steps
     weight_sum = 0.0

@@ -93,8 +93,9 @@ def lattice_extent(shape: int, n_cells, fudge: float, tolerance: float, a0: np.n
     capped at ½; square shapes use the sinc envelope 1/(2N|x|) per axis (the product is below
     every factor), round the envelope of sinc3 and, since its slow 1/x⁴ tail would otherwise
     carry a noticeable share of the photons, at least the x beyond which a plane through the
-    centre holds less than ``tolerance`` of the transform (≈ 1/x², x = π·N-scaled radius), gauss/tophat (2022) an ellipsoid of N-scaled
-    radius ρ, and gauss/tophat (2023+) a sphere of radius ρ/(NaNbNc) in Å⁻¹.
+    centre holds less than ``tolerance`` of the transform (≈ 1/x², x = π·N-scaled radius),
+    gauss/tophat (2022) an ellipsoid of N-scaled radius ρ, and gauss/tophat (2023+) a sphere of
+    radius ρ/(NaNbNc) in Å⁻¹.
     """
     n = np.array([max(1.0, float(v)) for v in n_cells])
     a0 = np.asarray(a0, dtype=float)
@@ -143,7 +144,8 @@ def row_table(rows: np.ndarray, n_panels: int) -> np.ndarray:
 def _panel_groups(panels: np.ndarray, extents: np.ndarray) -> list[list[int]]:
     """Panels sharing a plane, axes and pitch (their projections differ by a shift only)."""
     normal = np.cross(panels[:, 3:6], panels[:, 6:9])
-    keys = np.round(np.column_stack([panels[:, 3:9], np.einsum("ij,ij->i", panels[:, 0:3], normal), panels[:, 9:11]]), 6)
+    plane_offset = np.einsum("ij,ij->i", panels[:, 0:3], normal)
+    keys = np.round(np.column_stack([panels[:, 3:9], plane_offset, panels[:, 9:11]]), 6)
     groups: dict[tuple, list[int]] = {}
     for p in np.nonzero(extents[:, 0] > 0)[0]:
         groups.setdefault(tuple(keys[p]), []).append(int(p))

@@ -135,9 +135,10 @@ def test_auto_picks_spots_for_large_domains_and_brute_for_tiny_ones(monkeypatch)
     det = Detector.flat(image_size=(200, 200), pixel_size_mm=0.2, distance_mm=100.0, beam_center_px=(100.5, 100.5))
     beam = Beam(wavelength_A=1.0)
     used = []
-    monkeypatch.setattr(kernel_cpu, "render_cpu", lambda plan, _f=kernel_cpu.render_cpu: used.append("brute") or _f(plan))
+    brute_cpu, spots_cpu = kernel_cpu.render_cpu, kernel_spots.render_spots_cpu
+    monkeypatch.setattr(kernel_cpu, "render_cpu", lambda plan: used.append("brute") or brute_cpu(plan))
     monkeypatch.setattr(kernel_spots, "render_spots_cpu",
-                        lambda plan, tol, windows=None, _f=kernel_spots.render_spots_cpu: used.append("spots") or _f(plan, tol, windows))
+                        lambda plan, tol, windows=None: used.append("spots") or spots_cpu(plan, tol, windows))
     for n_cells, expected in (((20, 20, 20), "spots"), ((2, 2, 2), "brute")):
         crystal = Crystal(cell=CELL, structure_factors=SF, space_group="P 21 21 21", U=U, n_cells=n_cells,
                           shape="gauss_2022", mosaic_spread_deg=0.3, mosaic_domains=4)
