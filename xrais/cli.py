@@ -2,8 +2,10 @@
 
 Heavy imports (numba, torch, h5py) happen inside command bodies so ``xrais --help`` is fast.
 A command turns its options into the stage's config, calls one library function and reports
-with rich. An :class:`~xrais.errors.XraisError` becomes one line on stderr and exit status 1
-(``--debug`` shows the traceback).
+with rich. An :class:`~xrais.errors.XraisError` becomes one line on stderr and its exit status
+(``--debug`` shows the traceback); any other exception is one line too, naming its type.
+Exit statuses are those of :mod:`xrais.runs` (0 all inputs done, 1 some failed, 2 usage error,
+128 + N stopped by signal N).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from rich.console import Console
 
 from xrais._version import __version__
 from xrais.errors import XraisError
+from xrais.runs import EXIT_FAILED, EXIT_STATUS_HELP
 
 __all__ = ["app", "main", "console", "err_console", "state"]
 
 app = typer.Typer(
     name="xrais",
-    help="X-ray AI from simulation: simulate, condition, train and infer on diffraction images.",
+    help="X-ray AI from simulation: simulate, condition, train and infer on diffraction images.\n\n"
+         + EXIT_STATUS_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -82,7 +86,17 @@ def main(argv: list[str] | None = None) -> None:
         if state["debug"]:
             raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]error:[/] interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen failure: still one line (--debug: the traceback)
+        if state["debug"]:
+            raise
+        text = " ".join(str(exc).split()) or "(no message)"
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {text} (run with --debug for the traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,25 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "FrameIndexError",
+    "RunLockedError",
+    "RunInterrupted",
 ]
 
 
 class XraisError(Exception):
-    """Base class of every error xrais raises on purpose."""
+    """Base class of every error xrais raises on purpose.
+
+    ``exit_code`` is the status the ``xrais`` command exits with when this error stops it
+    (1: the command could not finish; 2: a usage error).
+    """
+
+    exit_code: int = 1
 
 
 class ConfigError(XraisError, ValueError):
-    """A parameter or configuration value is out of range or inconsistent."""
+    """A parameter or configuration value is out of range or inconsistent (a usage error: exit 2)."""
+
+    exit_code = 2
 
 
 class UnknownFormatError(XraisError, ValueError):
@@ -51,3 +61,22 @@ class CheckpointError(XraisError, ValueError):
 
 class DatasetError(XraisError, ValueError):
     """A dataset file does not follow the xrais schema."""
+
+
+class RunLockedError(XraisError, RuntimeError):
+    """An output folder is held by another live run (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
+class RunInterrupted(XraisError, RuntimeError):
+    """A run stopped by a signal after saving its finished work; exits with 128 + the signal."""
+
+    def __init__(self, signum: int, where: str = "") -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        super().__init__(f"{where + ': ' if where else ''}stopped by {name}; finished work is saved, "
+                         "run the same command again to resume")
