@@ -27,6 +27,7 @@ def info(
     from xrais.errors import XraisError
 
     table = Table(title="xrais info", header_style="bold")
+    rows = 0
     for col in ("file", "format", "detector", "frames", "fast×slow", "dtype", "pixel mm", "distance mm",
                 "λ Å", "beam centre px (f, s)", "block", "min", "median", "max", "masked %"):
         table.add_column(col, justify="right" if col not in ("file", "format", "detector") else "left",
@@ -37,10 +38,17 @@ def info(
             with open_image(path) as reader:
                 n = reader.n_frames
                 im = reader.read_frame(frame)
-        except XraisError as exc:
+        except (XraisError, OSError) as exc:
             failed += 1
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             continue
+        except Exception as exc:  # a damaged file is one error line, and the other files are still described
+            failed += 1
+            reason = " ".join(str(exc).split()) or "no reason given"
+            err_console.print(f"[red]error:[/] {path.name}: cannot be read ({type(exc).__name__}: {reason})",
+                              highlight=False, soft_wrap=True)
+            continue
+        rows += 1
         st = im.statistics()
         det = im.detector
         table.add_row(
@@ -49,7 +57,8 @@ def info(
             f"({_fmt(im.beam_center_px[0])}, {_fmt(im.beam_center_px[1])})", str(im.downsample_block),
             _fmt(st["min"], 0), _fmt(st["median"], 0), _fmt(st["max"], 0), _fmt(100 * st["masked_fraction"], 1),
         )
-    console.print(table)
+    if rows:
+        console.print(table)
     if failed:
         raise typer.Exit(1)
 
@@ -61,16 +70,23 @@ def condition(
     downsample: Optional[int] = typer.Option(None, "--downsample", "-n",
                                              help="Max-pool block N (default: the detector's own)."),
     png: bool = typer.Option(False, "--png", help="Also write a PNG per frame for a person to look at."),
-    shard_size: int = typer.Option(64, "--shard-size", help="Frames per HDF5 shard."),
+    shard_size: int = typer.Option(64, "--shard-size", min=1, help="Frames per HDF5 shard."),
     beam_center: Optional[Tuple[float, float]] = typer.Option(
         None, "--beam-center", metavar="FAST SLOW",
         help="Beam centre in pixels for every image, replacing the header's."),
+    flush_every: int = typer.Option(8, "--flush-every", min=1,
+                                    help="Write finished frames to disk every N frames at most …"),
+    flush_s: float = typer.Option(30.0, "--flush-s", min=0.001, help="… and every S seconds at most."),
 ) -> None:
     """Condition images into 512×512 uint8 quadrants (max-pool, sqrt) with the beam at [0, 0].
 
-    Bad files are reported and skipped; the exit status is 1 if any failed. Running the same
-    command again skips the frames already in OUT.
+    Bad files are reported and skipped. Finished frames reach OUT every --flush-every frames or
+    --flush-s seconds; SIGTERM or SIGINT stops after the current frame with everything written
+    (exit 128+N). Running the same command again skips the frames already in OUT. Exit status:
+    0 when every input succeeded, 1 when some failed, 2 for a usage error or an OUT in use.
     """
+    import signal
+
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -78,7 +94,8 @@ def condition(
     from xrais.cli import console, err_console
     from xrais.conditioning.condition import ConditioningConfig
     from xrais.conditioning.run import condition_files, expand_paths
-    from xrais.errors import ConfigError
+    from xrais.errors import ConfigError, RunInterrupted
+    from xrais.runs import RunLock, check_out_dir, exit_status, stop_on_signals
 
     try:
         config = ConditioningConfig(block=downsample, quadrants=quadrants)
@@ -86,11 +103,12 @@ def condition(
         first = exc.errors()[0]
         raise ConfigError(f"--{first['loc'][0] if first['loc'][0] != 'block' else 'downsample'}: "
                           f"{first['msg']} (got {first['input']!r})") from None
+    out = check_out_dir(out, "--out")
     paths = expand_paths(images)
     progress = Progress(TextColumn("[bold]conditioning"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[name]}"), TimeRemainingColumn(), console=err_console,
                         disable=len(paths) < 4 or not err_console.is_terminal, transient=True)
-    with progress:
+    with RunLock(out, "xrais condition"), stop_on_signals() as stop, progress:
         task = progress.add_task("condition", total=len(paths), name="")
         seen: set[Path] = set()
 
@@ -102,7 +120,8 @@ def condition(
                 err_console.print(f"[red]error:[/] {r.error}", highlight=False, soft_wrap=True)
 
         report = condition_files(paths, out, config, png=png, shard_size=shard_size,
-                                 beam_center_px=beam_center, on_result=on_result)
+                                 beam_center_px=beam_center, on_result=on_result,
+                                 flush_every_frames=flush_every, flush_every_s=flush_s, stop=stop)
     table = Table(title=f"conditioned → {out}", header_style="bold")
     for col in ("file", "frame", "detector", "fast×slow", "block", "beam centre px (f, s)", "max √counts",
                 "non-zero %", "ms", "status"):
@@ -120,8 +139,11 @@ def condition(
     n_ok = sum(1 for r in report.results if r.ok and not r.skipped)
     console.print(f"{n_ok} frame(s) conditioned, {sum(r.skipped for r in report.results)} already done, "
                   f"{len(report.failed)} failed; shards: {', '.join(p.name for p in report.shards) or 'none new'}")
-    if report.failed:
-        raise typer.Exit(1)
+    if report.stopped:
+        raise RunInterrupted(stop.signum or signal.SIGTERM, "xrais condition")
+    code = exit_status(len(report.failed), stop)
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,13 +2,17 @@
 
 Each frame of each file becomes ``quadrants`` rows of ``images`` with its source, geometry
 and conditioning settings as columns (see :mod:`xrais.io`). A bad file is reported and
-skipped; the rest are finished. Shards are written whole, so a killed run keeps every
-completed shard, and running the same command again skips the frames they hold.
+skipped; the rest are finished. Finished frames reach disk every ``flush_every_frames`` frames
+or ``flush_every_s`` seconds (a shard file is always whole on disk, see :mod:`xrais.io`), so a
+killed run loses at most the frames since the last flush; a ``stop`` event (SIGTERM, SIGINT)
+ends the run after the current frame, with everything written. Running the same command again
+skips the frames already in any shard.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,12 +25,18 @@ from xrais.conditioning.image import DiffractionImage
 from xrais.conditioning.readers.registry import open_image
 from xrais.errors import XraisError
 from xrais.io import ShardWriter, list_shards, read_shard
+from xrais.runs import FlushSchedule, check_out_dir
 
-__all__ = ["FrameResult", "ConditionReport", "condition_files", "write_quadrant_png"]
+__all__ = ["FrameResult", "ConditionReport", "condition_files", "write_quadrant_png", "expand_paths",
+           "FLUSH_EVERY_FRAMES", "FLUSH_EVERY_S"]
 
 log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "conditioned"
+#: Default flush cadence: finished frames reach disk after this many frames …
+FLUSH_EVERY_FRAMES = 8
+#: … or this many seconds, whichever comes first.
+FLUSH_EVERY_S = 30.0
 
 
 @dataclass
@@ -56,6 +66,7 @@ class ConditionReport:
 
     results: list[FrameResult] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def failed(self) -> list[FrameResult]:
@@ -70,20 +81,36 @@ def _done_frames(out_dir: Path) -> set[tuple[str, int]]:
     return done
 
 
-def _frames(path: Path) -> Iterator[DiffractionImage | FrameResult]:
-    """Each frame of ``path``, or a FrameResult carrying the error that stopped it."""
+def _unexpected(path: Path, exc: Exception) -> str:
+    """The one-line error of a failure no reader foresaw (the traceback goes to the debug log)."""
+    log.debug("%s: unexpected failure", path, exc_info=exc)
+    return f"{path.name}: cannot be read ({type(exc).__name__}: {' '.join(str(exc).split()) or 'no reason given'})"
+
+
+def _frames(path: Path, stop: threading.Event | None = None) -> Iterator[DiffractionImage | FrameResult]:
+    """Each frame of ``path``, or a FrameResult carrying the error that stopped it.
+
+    Stops before reading the next frame once ``stop`` is set.
+    """
     try:
         reader = open_image(path)
         n = reader.n_frames
     except (XraisError, OSError) as exc:
         yield FrameResult(path=path, frame=-1, error=str(exc))
         return
+    except Exception as exc:  # a damaged file must be one error, never the end of the run
+        yield FrameResult(path=path, frame=-1, error=_unexpected(path, exc))
+        return
     with reader:
         for i in range(n):
+            if stop is not None and stop.is_set():
+                return
             try:
                 yield reader.read_frame(i)
             except (XraisError, OSError) as exc:
                 yield FrameResult(path=path, frame=i, error=str(exc))
+            except Exception as exc:
+                yield FrameResult(path=path, frame=i, error=_unexpected(path, exc))
 
 
 def write_quadrant_png(quadrants: np.ndarray, path: str | Path) -> Path:
@@ -118,6 +145,9 @@ def condition_files(
     shard_size: int = 64,
     beam_center_px: tuple[float, float] | None = None,
     on_result: Callable[[FrameResult], None] | None = None,
+    flush_every_frames: int = FLUSH_EVERY_FRAMES,
+    flush_every_s: float = FLUSH_EVERY_S,
+    stop: threading.Event | None = None,
 ) -> ConditionReport:
     """Condition every frame of ``paths`` into shards ``out_dir/conditioned_NNNNN.h5``.
 
@@ -138,13 +168,24 @@ def condition_files(
         without one, or headers known to be wrong).
     on_result : callable, optional
         Called with each :class:`FrameResult` as it completes (progress display).
+    flush_every_frames, flush_every_s : int, float
+        Put the finished frames on disk after this many frames or seconds, whichever comes first.
+    stop : threading.Event, optional
+        When set (by a signal handler, see :func:`xrais.runs.stop_on_signals`), the run ends
+        after the frame in hand; ``report.stopped`` is then True and every finished frame is
+        on disk.
 
     Returns
     -------
     ConditionReport
+
+    Raises
+    ------
+    ConfigError
+        If ``out_dir`` cannot be a folder, or the flush interval is not positive.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir, "out_dir")
+    schedule = FlushSchedule(flush_every_frames, flush_every_s)
     if png:
         (out / "png").mkdir(exist_ok=True)
     done = _done_frames(out)
@@ -153,8 +194,10 @@ def condition_files(
                          attrs={"config": config.model_dump(mode="json")})
     try:
         for raw in paths:
+            if stop is not None and stop.is_set():
+                break
             path = Path(raw)
-            for item in _frames(path):
+            for item in _frames(path, stop):
                 if isinstance(item, FrameResult):
                     result = item
                 elif (str(path.resolve()), item.frame) in done:
@@ -164,12 +207,15 @@ def condition_files(
                     if beam_center_px is not None:
                         item = replace(item, beam_center_px=beam_center_px)
                     result = _condition_one(item, path, config, writer, out if png else None)
+                    if result.ok and schedule.add():
+                        writer.flush()
                 report.results.append(result)
                 if on_result is not None:
                     on_result(result)
     finally:
         writer.close()
         report.shards = writer.written
+    report.stopped = stop is not None and stop.is_set()
     return report
 
 
@@ -183,6 +229,9 @@ def _condition_one(image: DiffractionImage, path: Path, config: ConditioningConf
         quads = condition(image, block=block, quadrants=config.quadrants)
     except XraisError as exc:
         result.error = str(exc)
+        return result
+    except (ValueError, ArithmeticError, IndexError) as exc:  # pixels or geometry no check foresaw
+        result.error = _unexpected(path, exc)
         return result
     result.block = block
     result.seconds = time.perf_counter() - t0

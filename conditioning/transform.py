@@ -33,6 +33,7 @@ import math
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.errors import ConfigError, GeometryError
 
 __all__ = [

@@ -12,13 +12,9 @@ From the shell: ``xrais infer IMAGES… --model M --out RESULTS`` (under ``mpiru
 ``xrais infer --watch DIR …`` and ``xrais plot RESULTS --out PNG``.
 """
 
-from xrais.infer.config import InferConfig, WatchConfig
-from xrais.infer.plot import add_image_numbers, dataset_key, plot_results
-from xrais.infer.results import ResultsWriter, read_provenance, read_results
-from xrais.infer.runner import InferReport, run_inference
-from xrais.infer.scoring import ModelInfo, Scorer, describe_models, result_columns
-from xrais.infer.watch import FolderWatcher, RunStats, StaticSource, StdinFollower
-from xrais.infer.work import DoneIndex, FrameRef, WorkItem, expand_inputs, make_items, plan_refs
+from typing import TYPE_CHECKING
+
+from xrais._lazy import lazy_package
 
 __all__ = [
     "InferConfig",
@@ -46,3 +42,23 @@ __all__ = [
     "plan_refs",
     "make_items",
 ]
+
+# Names are imported from their modules on first use (xrais._lazy): importing the package stays cheap.
+lazy_package(__name__, {
+    "xrais.infer.config": ("InferConfig", "WatchConfig"),
+    "xrais.infer.plot": ("add_image_numbers", "dataset_key", "plot_results"),
+    "xrais.infer.results": ("ResultsWriter", "read_provenance", "read_results"),
+    "xrais.infer.runner": ("InferReport", "run_inference"),
+    "xrais.infer.scoring": ("ModelInfo", "Scorer", "describe_models", "result_columns"),
+    "xrais.infer.watch": ("FolderWatcher", "RunStats", "StaticSource", "StdinFollower"),
+    "xrais.infer.work": ("DoneIndex", "FrameRef", "WorkItem", "expand_inputs", "make_items", "plan_refs"),
+})
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at once
+    from xrais.infer.config import InferConfig, WatchConfig
+    from xrais.infer.plot import add_image_numbers, dataset_key, plot_results
+    from xrais.infer.results import ResultsWriter, read_provenance, read_results
+    from xrais.infer.runner import InferReport, run_inference
+    from xrais.infer.scoring import ModelInfo, Scorer, describe_models, result_columns
+    from xrais.infer.watch import FolderWatcher, RunStats, StaticSource, StdinFollower
+    from xrais.infer.work import DoneIndex, FrameRef, WorkItem, expand_inputs, make_items, plan_refs

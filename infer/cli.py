@@ -73,19 +73,29 @@ def infer(
     beam_center: Optional[Tuple[float, float]] = typer.Option(
         None, "--beam-center", metavar="FAST SLOW", help="Beam centre in pixels, replacing headers."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Score again images whose rows hold an error."),
+    flush_rows: int = typer.Option(64, "--flush-rows", help="Append to results.h5/.parquet every N rows at most."),
+    flush_s: float = typer.Option(30.0, "--flush-s", help="… and every S seconds at most while rows wait."),
     watch: Optional[str] = typer.Option(None, "--watch", help="Follow this folder ('-': paths on stdin) until stopped."),
     pattern: str = typer.Option("*", "--pattern", help="With --watch: file-name glob."),
-    recursive: bool = typer.Option(False, "--recursive", help="With --watch or folders: include sub-folders."),
+    recursive: bool = typer.Option(False, "--recursive",
+                                   help="Include sub-folders of folders (named, matched by a glob, or --watch)."),
     settle_s: float = typer.Option(1.0, "--settle-s", help="With --watch: seconds a new file must stay unchanged."),
     poll_s: float = typer.Option(0.5, "--poll-s", help="With --watch: seconds between looks at the folder."),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="With --watch: stop after S s idle."),
 ) -> None:
     """Score diffraction images with resolution / multi-lattice models, one row per image.
 
-    Rows go to OUT/results.csv as they come (and results.h5 or results.parquet); a killed
-    run started again with the same arguments skips what is done. Under
-    `mpirun -n R xrais infer …` rank 0 hands out work and ranks 1…R−1 score. With --watch it
-    follows a running experiment until Ctrl-C (or --idle-timeout).
+    Rows go to OUT/results.csv as they come (and results.h5 or
+    results.parquet); a killed run started again with the same arguments
+    skips what is done. Under `mpirun -n R xrais infer …` rank 0 hands out
+    work and ranks 1…R−1 score. With --watch it follows a running experiment
+    until Ctrl-C (or --idle-timeout). SIGTERM or Ctrl-C finishes the images
+    being scored, writes them and exits 128+N. One run at a time per OUT.
+
+    Exit status: 0 when every image of this run was scored; 1 when some rows
+    hold an error (the rest were scored) or the run could not finish; 2 for
+    usage errors (a bad option, an unusable or busy --out); 128+N when
+    stopped by signal N.
     """
     from rich.live import Live
 
@@ -95,12 +105,14 @@ def infer(
     from xrais.infer.runner import run_inference
     from xrais.infer.watch import RunStats
     from xrais.parallel import mpi_world
+    from xrais.runs import RunLock, exit_status, stop_on_signals
 
     config = make_config(
         InferConfig, models=tuple(model), quadrants=quadrants, block=downsample, batch_size=batch_size,
         device=device, precision=precision, channels_last=channels_last, threads=threads,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()), chunk_frames=chunk_frames,
-        distance_mm=distance_mm, wavelength_A=wavelength_A, beam_center_px=beam_center, retry_errors=retry_errors)
+        flush_rows=flush_rows, flush_s=flush_s, distance_mm=distance_mm, wavelength_A=wavelength_A,
+        beam_center_px=beam_center, retry_errors=retry_errors)
     watch_cfg = None
     if watch is not None:
         watch_cfg = make_config(WatchConfig, folder=watch, pattern=pattern, recursive=recursive, settle_s=settle_s,
@@ -109,6 +121,7 @@ def infer(
         raise ConfigError("xrais infer: give image files, folders or globs ('-' for stdin), or --watch DIR")
     comm = mpi_world()
     rank = comm.Get_rank() if comm is not None else 0
+    _check_out_collectively(out, comm)
     stats = RunStats()
     live = rank == 0 and err_console.is_terminal
     last_line = [time.monotonic()]
@@ -125,21 +138,46 @@ def infer(
             err_console.print(f"{stats.scored} scored, {stats.errors} errors, {stats.rate_hz():.2f} images/s",
                               highlight=False)
 
-    kwargs = dict(watch=watch_cfg, comm=comm, on_rows=on_rows)
-    if live:
-        title = f"xrais infer → {out}" + (f" (following {watch})" if watch else "")
-        with Live(get_renderable=lambda: _summary_table(stats, title), console=err_console,
-                  refresh_per_second=2, transient=True):
+    with RunLock(out, "xrais infer", comm=comm), stop_on_signals() as stop:
+        kwargs = dict(watch=watch_cfg, comm=comm, on_rows=on_rows, stop=stop, recursive=recursive)
+        if live:
+            title = f"xrais infer → {out}" + (f" (following {watch})" if watch else "")
+            with Live(get_renderable=lambda: _summary_table(stats, title), console=err_console,
+                      refresh_per_second=2, transient=True):
+                report = run_inference(config, images or [], out, **kwargs)
+        else:
             report = run_inference(config, images or [], out, **kwargs)
-    else:
-        report = run_inference(config, images or [], out, **kwargs)
-    if report is None:  # a worker rank
+    if report is None:  # a worker rank: the manager reports and sets the exit status
         return
     console.print(_report_table(report, out))
     for text in report.first_errors[:5]:
         err_console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)
     if report.errors > 5:
         err_console.print(f"… {report.errors - 5} more error rows in {out / 'results.csv'}", highlight=False)
+    stop.check(f"xrais infer → {out}")  # stopped by a signal: exits 128 + N, saying the rows are saved
+    if report.interrupted:
+        raise KeyboardInterrupt  # a second Ctrl-C: exits 130
+    code = exit_status(report.errors, stop)
+    if code:
+        raise typer.Exit(code)
+
+
+def _check_out_collectively(out: Path, comm: Any) -> None:
+    """Check --out on rank 0 (creating it); under MPI every rank raises the same one-line error."""
+    from xrais.errors import ConfigError
+    from xrais.runs import check_out_dir
+
+    rank = comm.Get_rank() if comm is not None else 0
+    problem = None
+    if rank == 0:
+        try:
+            check_out_dir(out)
+        except ConfigError as exc:
+            problem = str(exc)
+    if comm is not None and comm.Get_size() > 1:
+        problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def plot(
@@ -151,7 +189,9 @@ def plot(
     multi-lattice probability against image number, one row of panels per data set."""
     from xrais.cli import console
     from xrais.infer.plot import plot_results
+    from xrais.runs import check_out_file
 
+    check_out_file(out)
     drawn = plot_results(results, out, max_datasets=max_datasets)
     console.print(f"wrote {drawn['path']}: {len(drawn['datasets'])} data set(s), {drawn['images']} images, "
                   f"panels {', '.join(drawn['panels'])}", highlight=False)

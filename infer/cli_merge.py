@@ -3,6 +3,12 @@
 ``mpirun -n R xrais pipeline --config C --out DIR`` runs the pipeline on R ranks (rank 0 merges,
 the others make images); ``xrais pipeline`` alone runs it on one process. Both resume a killed
 run found in DIR.
+
+Both are long runs (:mod:`xrais.runs`): the output is checked and locked first (``merge`` locks
+``.NAME.xrais.lock`` beside ``--out NAME``), SIGTERM or SIGINT stops them after the current
+epoch (``merge``) or image/epoch (``pipeline``) with the state saved and exit status 128 + N,
+and the same command started again goes on from there. ``merge`` keeps its training state in
+``NAME_merge_state.pt`` beside the output until the merged MTZ is written.
 """
 
 from __future__ import annotations
@@ -93,18 +99,12 @@ def merge(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (the per-step work is small: 1 is fastest)."),
 ) -> None:
     """Scale and merge unmerged reflections with the variational scaler; write MTZ and statistics."""
-    import time
-
     import torch
 
     from pydantic import ValidationError
-    from rich.table import Table
 
-    from xrais.cli import console
-    from xrais.errors import ConfigError
-    from xrais.infer.merge import MergeConfig, merge_table, write_merged_mtz, write_statistics_csv
-    from xrais.infer.reflections import read_reflections
-    from xrais.models.variational.wilson import UniqueReflections
+    from xrais.infer.merge import MergeConfig
+    from xrais.runs import check_out_file, stop_on_signals
 
     torch.set_num_threads(max(1, threads))
     values = _read_config(config)
@@ -118,9 +118,37 @@ def merge(
     try:
         cfg = MergeConfig.model_validate({**values, "scaler": scaler})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"merge options: {'.'.join(str(v) for v in first['loc'])}: {first['msg']} "
-                          f"(got {first.get('input')!r})") from None
+        from xrais.config_files import config_error
+
+        raise config_error(exc, MergeConfig, config.name if config is not None else "merge options") from None
+    check_out_file(out)
+    stats_path = stats or out.with_name(out.stem + "_statistics.csv")
+    check_out_file(stats_path, "--stats")
+    with _output_lock(out, "xrais merge"), stop_on_signals() as stop:
+        _merge_locked(reflections, out, stats_path, cfg, space_group=space_group, cell=cell,
+                      d_min_A=d_min_A, intensity_column=intensity_column, sigma_column=sigma_column,
+                      reference=reference, stop=stop)
+
+
+def _output_lock(out: Path, command: str) -> object:
+    """The lock of one output file: ``.NAME.xrais.lock`` in its folder (other outputs there stay free)."""
+    from xrais.runs import RunLock
+
+    return RunLock(out.parent, command, name=f".{out.name}.xrais.lock")
+
+
+def _merge_locked(reflections: List[Path], out: Path, stats_path: Path, cfg: object, *, space_group: Optional[str],
+                  cell: Optional[str], d_min_A: Optional[float], intensity_column: Optional[str],
+                  sigma_column: Optional[str], reference: Optional[Path], stop: object) -> None:
+    import time
+
+    from rich.table import Table
+
+    from xrais.cli import console
+    from xrais.infer.merge import merge_table, write_merged_mtz, write_statistics_csv
+    from xrais.infer.reflections import read_reflections
+    from xrais.models.variational.wilson import UniqueReflections
+
     t0 = time.perf_counter()
     table = read_reflections(reflections, space_group=space_group, cell=_parse_cell(cell), d_min_A=d_min_A,
                              intensity_column=intensity_column, sigma_column=sigma_column)
@@ -128,13 +156,14 @@ def merge(
     if reference is not None:
         d_min = cfg.d_min_A or float(table["DHKL"].min()) * (1 - 1e-6)
         truth = _reference_truth(reference, UniqueReflections(table.cell, table.spacegroup, d_min, cfg.anomalous))
-    result = merge_table(table, cfg, truth_F=truth)
+    state_path = out.with_name(out.stem + "_merge_state.pt")
+    result = merge_table(table, cfg, truth_F=truth, stop=stop, state_path=state_path)
     wavelength = float(table["WAVELENGTH"].median())
     write_merged_mtz(result.merged, out, wavelength_A=wavelength,
                      history=[f"xrais merge {' '.join(p.name for p in reflections)}"])
-    stats_path = stats or out.with_name(out.stem + "_statistics.csv")
     write_statistics_csv(result.statistics, stats_path)
     write_statistics_csv(result.history, out.with_name(out.stem + "_history.csv"))
+    state_path.unlink(missing_ok=True)
     overall = result.statistics[result.statistics["shell"] == "overall"].iloc[0]
     summary = Table(title=f"xrais merge → {out}", show_header=False)
     summary.add_column("what", style="bold")
@@ -161,11 +190,13 @@ def pipeline(
     from xrais.cli import console
     from xrais.infer.pipeline import load_pipeline_config, run_pipeline
     from xrais.parallel import mpi_world
+    from xrais.runs import exit_status, stop_on_signals
 
     comm = mpi_world()
     torch.set_num_threads(max(1, threads))
     cfg = load_pipeline_config(config)
-    report = run_pipeline(cfg, out, comm=comm)
+    with stop_on_signals() as stop:
+        report = run_pipeline(cfg, out, comm=comm, stop=stop)
     if comm is None or comm.Get_rank() == 0:
         from rich.table import Table
 
@@ -180,8 +211,17 @@ def pipeline(
         for name in ("completeness", "multiplicity", "CC_half", "CC_pred_test", "CC_true", "CC_anom_true"):
             if name in report:
                 summary.add_row(name, f"{report[name]:.4f}")
-        summary.add_row("merged MTZ", str(Path(out) / "merged.mtz"))
+        if report.get("stopped"):
+            summary.add_row("stopped", f"in phase {report['phase']}: finished work is saved, run the same "
+                                       "command again to resume")
+        for path in report.get("files", []):
+            summary.add_row("file (so far)" if report.get("stopped") else "file", str(path))
         console.print(summary)
+    code = exit_status(report.get("errors", 0), stop)
+    if report.get("stopped") and code == 0:      # stopped without a signal of its own (another rank's)
+        code = 1
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from xrais.errors import ConfigError
 
 __all__ = ["InferConfig", "WatchConfig", "TABLE_FORMATS", "make_config"]
 
@@ -45,7 +44,11 @@ class InferConfig(BaseModel):
     formats: tuple[Literal["csv", "h5", "parquet"], ...] = Field(
         ("csv", "h5"), min_length=1, description="result tables; the CSV journal is always written")
     chunk_frames: int = Field(8, ge=1, le=100_000, description="frames (or single-frame files) per work item")
-    flush_rows: int = Field(64, ge=1, le=1_000_000, description="rows between appends to the HDF5/Parquet tables")
+    flush_rows: int = Field(64, ge=1, le=1_000_000,
+                            description="at most this many rows between appends to the HDF5/Parquet tables "
+                                        "(and updates of the run's row count in provenance.json)")
+    flush_s: float = Field(30.0, gt=0.0, le=86_400.0,
+                           description="at most this many seconds between those appends while rows are waiting")
     distance_mm: float | None = Field(None, gt=0, description="detector distance for every image, replacing headers")
     wavelength_A: float | None = Field(None, gt=0, description="wavelength for every image, replacing headers")
     beam_center_px: tuple[float, float] | None = Field(
@@ -104,11 +107,14 @@ def make_config(cls: type[BaseModel], **fields: Any) -> Any:
     Traceback (most recent call last):
     ...
     xrais.errors.ConfigError: quadrants: Input should be 1 or 4 (got 2)
+    >>> make_config(InferConfig, models=("m",), batchsize=8)
+    Traceback (most recent call last):
+    ...
+    xrais.errors.ConfigError: unknown key 'batchsize'; did you mean 'batch_size'?
     """
+    from xrais.config_files import config_error
+
     try:
         return cls(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or cls.__name__
-        msg = str(err.get("msg", exc)).removeprefix("Value error, ")
-        raise ConfigError(f"{where}: {msg} (got {err.get('input')!r})") from None
+        raise config_error(exc, cls) from None

@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from xrais._version import __version__
-from xrais.errors import ConfigError, DatasetError
+from xrais.errors import ConfigError, DatasetError, RunInterrupted
+from xrais.models.checkpoint import save_torch_state
 from xrais.parallel import torch_device
 from xrais.infer import merge_stats as ms
 from xrais.models.variational.scaler import (
@@ -535,7 +538,9 @@ def split_images(images: np.ndarray, test_fraction: float, seed: int) -> tuple[n
 
 def merge_table(table: rs.DataSet, config: MergeConfig | None = None, *,
                 truth_F: np.ndarray | None | Literal["auto"] = "auto",
-                progress: Callable[[dict[str, float]], None] | None = None) -> MergeResult:
+                progress: Callable[[dict[str, float]], None] | None = None,
+                stop: threading.Event | None = None,
+                state_path: str | Path | None = None) -> MergeResult:
     """Scale and merge an unmerged reflection table.
 
     Parameters
@@ -544,10 +549,22 @@ def merge_table(table: rs.DataSet, config: MergeConfig | None = None, *,
     config : MergeConfig, optional
     truth_F : true |F| per unique reflection for CC to the truth; "auto" takes it from an F_TRUE column.
     progress : called after every epoch with that epoch's record.
+    stop : optional event; when set, training ends after the current epoch and
+        :class:`~xrais.errors.RunInterrupted` is raised (the state is in ``state_path``).
+    state_path : optional file for the training state, written after every epoch; when it
+        exists (a stopped or killed merge of the same table and config) training goes on from it,
+        to the same result as a merge never stopped.
 
     Returns
     -------
     MergeResult
+
+    Raises
+    ------
+    ConfigError
+        ``state_path`` holds the state of a merge of other observations or another config.
+    RunInterrupted
+        ``stop`` was set.
     """
     config = config or MergeConfig()
     d_min = config.d_min_A or float(table["DHKL"].min()) * (1 - 1e-6)
@@ -559,7 +576,27 @@ def merge_table(table: rs.DataSet, config: MergeConfig | None = None, *,
     train = obs.subset(train_images)
     merger = OnlineMerger(unique, config, obs.metadata.shape[1])
     merger.initialize(train)
-    history = train_epochs(merger, train, config, truth_F=truth_F, progress=progress)
+    key = _merge_key(obs, config)
+    history: list[dict[str, float]] = []
+    if state_path is not None and Path(state_path).exists():
+        history = _resume_merge(merger, Path(state_path), key)
+
+    records = list(history)
+
+    def after_epoch(record: dict[str, float]) -> None:
+        records.append(record)
+        if state_path is not None:
+            save_torch_state({"format": MERGE_STATE_FORMAT, "key": key, "merger": merger.state_dict(),
+                              "history": records}, state_path)
+        if progress is not None:
+            progress(record)
+
+    history = train_epochs(merger, train, config, history=history, truth_F=truth_F, progress=after_epoch,
+                           stop=stop)
+    if stop is not None and stop.is_set():
+        raise RunInterrupted(getattr(stop, "signum", None) or signal.SIGTERM,
+                             f"merge stopped after epoch {len(history)}" + (f" (state in {state_path})"
+                                                                            if state_path is not None else ""))
     halves = fit_half_datasets(merger, train, steps=config.half_dataset_steps, seed=config.seed) \
         if config.half_dataset_steps > 0 and len(train_images) >= 2 else None
     stats = compute_merge_statistics(merger, obs, train_images, test_images, halves=halves, truth_F=truth_F)
@@ -568,13 +605,45 @@ def merge_table(table: rs.DataSet, config: MergeConfig | None = None, *,
     return MergeResult(merged, stats, pd.DataFrame(history), merger, obs, train_images, test_images)
 
 
+MERGE_STATE_FORMAT = "xrais-merge-state-1"
+
+
+def _merge_key(obs: Observations, config: MergeConfig) -> str:
+    """A digest of the observations and the config: a saved state fits only the same merge."""
+    import hashlib
+
+    h = hashlib.sha256(config.model_dump_json().encode())
+    for name in ("refl_id", "image", "intensity", "sigma", "metadata"):
+        h.update(np.ascontiguousarray(getattr(obs, name)).tobytes())
+    return h.hexdigest()
+
+
+def _resume_merge(merger: OnlineMerger, path: Path, key: str) -> list[dict[str, float]]:
+    """Load a saved merge state into ``merger``; the epoch records so far."""
+    from xrais.errors import CheckpointError
+    from xrais.models.checkpoint import load_run_state
+
+    state = load_run_state(path, "a merge training state", MERGE_STATE_FORMAT, key,
+                           other_run="the state of a merge of other reflections or options; remove it to start "
+                                     "over, or merge the same files with the same options")
+    try:
+        merger.load_state_dict(state["merger"])
+        history = [dict(r) for r in state["history"]]
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: merge state with missing or invalid fields ({type(exc).__name__})") from None
+    log.info("%s: resuming the merge after epoch %d", path, len(history))
+    return history
+
+
 def train_epochs(merger: OnlineMerger, train: Observations, config: MergeConfig, *,
                  history: list[dict[str, float]] | None = None, truth_F: np.ndarray | None = None,
-                 progress: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+                 progress: Callable[[dict[str, float]], None] | None = None,
+                 stop: threading.Event | None = None) -> list[dict[str, float]]:
     """Epochs of shuffled gradient steps until the mean loss settles (or ``max_epochs``).
 
     ``history`` holds the records of epochs already run (a resumed run goes on from there);
     epoch e shuffles with the seed (config.seed, e), so a resumed run repeats the same order.
+    When ``stop`` is set the loop ends after the current epoch (and its ``progress`` call).
     """
     history = list(history or [])
     per_step = config.scaler.images_per_step
@@ -599,6 +668,8 @@ def train_epochs(merger: OnlineMerger, train: Observations, config: MergeConfig,
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 5) for k, v in record.items()}))
         if progress is not None:
             progress(record)
+        if stop is not None and stop.is_set():
+            break
     _set_learning_rate_factor(merger.trainer, 1.0)
     return history
 

@@ -23,7 +23,13 @@ Sources (``source`` in the config):
   ``d_min_A`` given in the ``custom`` section.
 
 Files in DIR: pipeline.json (config and progress), checkpoint.pt, observations/, merged.mtz,
-statistics.csv, history.csv.
+statistics.csv, history.csv, and ``.xrais.lock`` while a run holds the folder.
+
+Checkpoints are transparent: the images waiting for their gradient step are recorded, not
+stepped early, so a run stopped (SIGTERM, SIGINT: after the current image or epoch) or killed
+and started again gives the same merged MTZ as a run never stopped. ``checkpoint.pt`` holds
+only tensors, numbers, strings, lists and dicts and is read with ``torch.load(weights_only=True)``;
+the observation chunks are read with ``np.load(allow_pickle=False)``: no file in DIR can run code.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import importlib
 import json
 import logging
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +48,11 @@ from typing import Any, Callable
 import gemmi
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xrais._version import __version__
 from xrais.config_files import read_config_file
-from xrais.errors import ConfigError, DatasetError
+from xrais.errors import CheckpointError, ConfigError, DatasetError
 from xrais.infer.merge import (
     MergeConfig,
     Observations,
@@ -60,7 +67,9 @@ from xrais.infer.merge import (
     write_statistics_csv,
 )
 from xrais.infer.reflections import ReflectionSimulationConfig, ReflectionSimulator, frame_to_table
+from xrais.models.checkpoint import load_torch_state, save_torch_state
 from xrais.models.variational.wilson import UniqueReflections, make_space_group
+from xrais.runs import FlushSchedule, RunLock, check_out_dir
 
 __all__ = ["PipelineConfig", "CustomSourceConfig", "ImageSource", "make_image_source", "run_pipeline",
            "load_pipeline_config"]
@@ -96,6 +105,8 @@ class PipelineConfig(BaseModel):
     custom: CustomSourceConfig | None = Field(None, description="source 'module:function'")
     merge: MergeConfig = Field(default_factory=MergeConfig, description="the scaler and its schedule")
     checkpoint_every_images: int = Field(100, ge=1, description="images between checkpoints")
+    checkpoint_every_s: float | None = Field(None, gt=0, description="also checkpoint when this many seconds "
+                                                                     "have passed since the last one")
     statistics_at_checkpoints: bool = Field(True, description="write merged MTZ and statistics at each checkpoint")
 
 
@@ -112,8 +123,9 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{p.name}: {'.'.join(str(v) for v in first['loc'])}: {first['msg']}") from None
+        from xrais.config_files import config_error
+
+        raise config_error(exc, PipelineConfig, p.name) from None
 
 
 # --- per-image sources --------------------------------------------------------------------------
@@ -243,28 +255,44 @@ class _Scaler:
         self.warmup: list[dict[str, np.ndarray]] = []
         self.queue: list[dict[str, np.ndarray]] = []
         self.losses: list[float] = []
-        self.since_checkpoint = 0
+        self.flush = FlushSchedule(config.checkpoint_every_images, config.checkpoint_every_s or float("inf"))
         self.t0 = time.perf_counter()
         self.seconds_before = 0.0
         self.resumed_images = 0
 
     # state ----------------------------------------------------------------------------------------
     def resume(self) -> None:
+        """Go on from ``checkpoint.pt`` when the folder holds one.
+
+        Raises
+        ------
+        CheckpointError
+            The file is not a pipeline checkpoint of this run (unreadable, foreign objects,
+            missing fields, or naming observation chunks that are not there).
+        """
         path = self.out / "checkpoint.pt"
         if not path.exists():
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_torch_state(path, "a pipeline checkpoint")
+        _check_state(state, path, self.source.n_images, self.store)
         self.chunks = list(state["chunks"])
         self.done = set(int(i) for i in state["done"])
         self.phase = state["phase"]
-        self.stream_history = state["stream_history"]
-        self.refine_history = state["refine_history"]
+        self.stream_history = list(state["stream_history"])
+        self.refine_history = list(state["refine_history"])
         self.seconds_before = float(state.get("seconds", 0.0))
-        self.merger.load_state_dict(state["merger"])
-        if not self.merger.ready:
-            self.warmup = [self._load_chunk(name) for name in self.chunks]
-            self.warmup = [p for p in self.warmup if len(p["refl_id"])]
-            self.warmup = [_subset_payload(p, self.is_train) for p in self.warmup]
+        self.errors = {int(i): str(e) for i, e in state.get("errors", [])}
+        try:
+            self.merger.load_state_dict(state["merger"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: the scaler state does not fit this run's reflections "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        waiting = [int(i) for i in state.get("queue", [])]
+        if not self.merger.ready or waiting:
+            by_image = {int(p["image"][0]): p for name in self.chunks for p in _split_by_image(self._load_chunk(name))}
+            if not self.merger.ready:
+                self.warmup = [by_image[i] for i in by_image if self.is_train[i]]
+            self.queue = [by_image[i] for i in waiting if i in by_image]
         for stale in self.store.glob("chunk_*.npz"):
             if stale.name not in self.chunks:
                 stale.unlink()
@@ -272,12 +300,20 @@ class _Scaler:
         log.info("resuming %s: %d images done, phase %s", self.out, len(self.done), self.phase)
 
     def _load_chunk(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.store / name) as z:
-            return {k: z[k] for k in z.files}
+        path = self.store / name
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                chunk = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise DatasetError(f"{path}: expected an observation chunk of plain arrays, could not read it "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        missing = [k for k in _PAYLOAD_KEYS if k not in chunk]
+        if missing:
+            raise DatasetError(f"{path}: observation chunk without {', '.join(missing)}")
+        return chunk
 
     def checkpoint(self, *, outputs: bool) -> None:
-        """Drain the step queue, store new observations, save the state; optionally write outputs."""
-        self._drain_queue()
+        """Store new observations and save the state (the step queue too); optionally write outputs."""
         if self.unflushed:
             name = f"chunk_{len(self.chunks):06d}.npz"
             joined = {k: np.concatenate([p[k] for p in self.unflushed]) for k in self.unflushed[0]}
@@ -291,17 +327,17 @@ class _Scaler:
             self.stream_history.append({"phase": "stream", "images": len(self.done), "steps": self._steps(),
                                         "loss": float(np.mean(self.losses)), "seconds": self._seconds()})
             self.losses = []
-        state = {"merger": self.merger.state_dict(), "chunks": self.chunks, "done": sorted(self.done),
+        state = {"format": STATE_FORMAT, "merger": self.merger.state_dict(), "chunks": self.chunks,
+                 "done": sorted(self.done), "queue": [int(p["image"][0]) for p in self.queue],
                  "phase": self.phase, "stream_history": self.stream_history,
                  "refine_history": self.refine_history, "seconds": self._seconds(),
-                 "config": self.config.model_dump(mode="json"), "xrais_version": __version__}
-        tmp = self.out / "checkpoint.pt.part"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / "checkpoint.pt")
+                 "errors": [[int(i), str(e)] for i, e in sorted(self.errors.items())],
+                 "config": json.dumps(self.config.model_dump(mode="json")), "xrais_version": __version__}
+        save_torch_state(state, self.out / "checkpoint.pt")
         self._write_status()
         if outputs and self.merger.ready:
             self.write_outputs(halves=self.config.statistics_at_checkpoints)
-        self.since_checkpoint = 0
+        self.flush.flushed()
 
     def _steps(self) -> int:
         return self.merger.trainer.steps if self.merger.trainer else 0
@@ -322,7 +358,7 @@ class _Scaler:
         """Take one image's observations: store them and train on them."""
         self.unflushed.append(payload)
         self.unflushed_images.append(index)
-        self.since_checkpoint += 1
+        self.errors.pop(index, None)            # an image that failed in an earlier run and now worked
         if self.is_train[index] and len(payload["refl_id"]):
             if self.merger.ready:
                 self.queue.append(payload)
@@ -334,7 +370,7 @@ class _Scaler:
         while len(self.queue) >= per_step:
             self._step(self.queue[:per_step])
             self.queue = self.queue[per_step:]
-        if self.since_checkpoint >= self.config.checkpoint_every_images:
+        if self.flush.add():
             self.checkpoint(outputs=True)
 
     def _initialize(self) -> None:
@@ -371,8 +407,13 @@ class _Scaler:
             return np.where(count > 0, np.sqrt(total / count), np.nan)
 
     # phases ---------------------------------------------------------------------------------------
-    def refine(self) -> None:
-        """Epochs over every stored observation until the loss settles (checkpoint after each)."""
+    def refine(self, stop: threading.Event | None = None) -> bool:
+        """Epochs over every stored observation until the loss settles (checkpoint after each).
+
+        Returns False when ``stop`` was set (after the current epoch and its checkpoint), True
+        once the final files are written.
+        """
+        self._drain_queue()
         self.phase = "refine"
         obs, f_true = self.all_observations()
         train = obs.subset(self.train_images)
@@ -385,10 +426,20 @@ class _Scaler:
             self.checkpoint(outputs=False)
 
         history = [{k: v for k, v in r.items() if k != "phase"} for r in self.refine_history]
-        train_epochs(self.merger, train, self.merge, history=history, truth_F=truth, progress=after_epoch)
+        train_epochs(self.merger, train, self.merge, history=history, truth_F=truth, progress=after_epoch,
+                     stop=stop)
+        if stop is not None and stop.is_set():
+            self.checkpoint(outputs=False)
+            return False
         self.write_outputs(halves=True)
         self.phase = "done"                 # only once the final files are written
         self.checkpoint(outputs=False)
+        return True
+
+    def output_files(self) -> list[Path]:
+        """The output files that exist now."""
+        names = ("merged.mtz", "statistics.csv", "history.csv", "pipeline.json")
+        return [self.out / n for n in names if (self.out / n).is_file()]
 
     def write_outputs(self, *, halves: bool) -> None:
         obs, f_true = self.all_observations()
@@ -410,9 +461,54 @@ class _Scaler:
         write_statistics_csv(history, self.out / "history.csv")
 
 
-def _subset_payload(p: dict[str, np.ndarray], is_train: np.ndarray) -> dict[str, np.ndarray]:
-    keep = is_train[p["image"]]
-    return {k: v[keep] for k, v in p.items()}
+STATE_FORMAT = "xrais-pipeline-1"
+_PAYLOAD_KEYS = ("refl_id", "image", "intensity", "sigma", "metadata", "f_true")
+_CHUNK_NAME = re.compile(r"chunk_\d{6}\.npz")
+
+
+def _split_by_image(p: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One payload per image, in the order the images first appear."""
+    if len(p["image"]) == 0:
+        return []
+    _, first = np.unique(p["image"], return_index=True)
+    out = []
+    for image in p["image"][np.sort(first)]:
+        keep = p["image"] == image
+        out.append({k: v[keep] for k, v in p.items()})
+    return out
+
+
+def _check_state(state: Any, path: Path, n_images: int, store: Path) -> None:
+    """Refuse a checkpoint that is not a pipeline state of this run, with one line."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a pipeline checkpoint (a dict), found {type(state).__name__}")
+    kinds = {"merger": dict, "chunks": list, "done": list, "phase": str, "stream_history": list,
+             "refine_history": list}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: pipeline checkpoint without a valid {key!r} "
+                                  f"(expected {kind.__name__}, found {type(state.get(key)).__name__})")
+    if state["phase"] not in ("stream", "refine", "done"):
+        raise CheckpointError(f"{path}: unknown phase {state['phase']!r} (expected stream, refine or done)")
+    bad = [c for c in state["chunks"] if not isinstance(c, str) or not _CHUNK_NAME.fullmatch(c)]
+    if bad:
+        raise CheckpointError(f"{path}: observation chunk names must look like chunk_000000.npz, found {bad[0]!r}")
+    missing = [c for c in state["chunks"] if not (store / c).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: names {len(missing)} observation chunk(s) that are gone "
+                              f"(first {store / missing[0]}); start again with a new --out")
+    errors = state.get("errors", [])
+    if not isinstance(errors, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], int)
+                                               and isinstance(e[1], str) for e in errors):
+        raise CheckpointError(f"{path}: pipeline checkpoint with invalid 'errors' (expected [image, message] pairs)")
+    queue = state.get("queue", [])
+    if not isinstance(queue, list):
+        raise CheckpointError(f"{path}: pipeline checkpoint with invalid 'queue' (expected a list of images)")
+    images = [*state["done"], *queue, *(e[0] for e in errors)]
+    if not all(isinstance(i, int) and 0 <= i < n_images for i in images):
+        raise CheckpointError(f"{path}: image numbers outside 0…{n_images - 1}; not a checkpoint of this run")
+    if state["phase"] != "stream" and not state["done"]:
+        raise CheckpointError(f"{path}: phase {state['phase']!r} with no image done; start again with a new --out")
 
 
 def _check_out_dir(out: Path, config: PipelineConfig) -> None:
@@ -427,13 +523,29 @@ def _check_out_dir(out: Path, config: PipelineConfig) -> None:
                               "resume with the same config or use a new --out folder")
 
 
-def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, comm: Any = None) -> dict[str, Any]:
+def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, comm: Any = None,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline; every rank of ``comm`` calls this.
+
+    The output folder is checked and locked first (one run per folder, see :mod:`xrais.runs`).
+    When ``stop`` is set (by a signal handler, say), rank 0 hands out no more images, takes
+    the ones in progress, checkpoints and returns with ``stopped`` true; in the refine phase it
+    stops after the current epoch. Started again, the run goes on from there.
 
     Returns
     -------
-    dict — on rank 0: ``out``, ``images``, ``steps``, ``seconds``, ``resumed_from_images``, ``errors``
-    and the overall statistics row; on other ranks: ``rank`` and ``images`` (how many it made).
+    dict — on rank 0: ``out``, ``images``, ``steps``, ``seconds``, ``resumed_from_images``, ``errors``,
+    ``phase``, ``stopped``, ``files`` (the output files that exist) and the overall statistics row
+    (when statistics exist); on other ranks: ``rank`` and ``images`` (how many it made).
+
+    Raises
+    ------
+    ConfigError
+        An unusable ``out_dir``, or one that holds a run of another config.
+    RunLockedError
+        Another live run holds ``out_dir``.
+    CheckpointError, DatasetError
+        A checkpoint that is not this run's, or no image gave any observation.
     """
     out = Path(out_dir)
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
@@ -443,26 +555,38 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, comm: Any = Non
     unique = UniqueReflections(uc, make_space_group(source.space_group), source.d_min_A,
                                anomalous=config.merge.anomalous)
     columns = tuple(config.merge.metadata_columns)
-    if rank != 0:
-        return _worker(comm, source, unique, columns)
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_out_dir(out, config)
-        return _run_scaler(config, out, source, unique, columns, comm, size)
-    except BaseException as exc:
-        if size > 1:                        # the workers wait on this rank: take them down too
-            log.error("pipeline stopped on rank 0: %s", exc)
-            comm.Abort(1)
-        raise
+    problem = None
+    if rank == 0:
+        try:
+            check_out_dir(out)
+        except ConfigError as exc:
+            problem = str(exc)
+    if size > 1:
+        problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
+    with RunLock(out, "xrais pipeline", comm=comm if size > 1 else None):
+        if rank != 0:
+            return _worker(comm, source, unique, columns)
+        try:
+            _check_out_dir(out, config)
+            return _run_scaler(config, out, source, unique, columns, comm, size, stop)
+        except BaseException as exc:
+            if size > 1:                        # the workers wait on this rank: take them down too
+                log.error("pipeline stopped on rank 0: %s", exc)
+                comm.Abort(1)
+            raise
 
 
 def _run_scaler(config: PipelineConfig, out: Path, source: ImageSource, unique: UniqueReflections,
-                columns: tuple[str, ...], comm: Any, size: int) -> dict[str, Any]:
+                columns: tuple[str, ...], comm: Any, size: int, stop: threading.Event | None) -> dict[str, Any]:
     scaler = _Scaler(config, out, source, unique)
     scaler.resume()
     pending = [i for i in range(source.n_images) if i not in scaler.done] if scaler.phase == "stream" else []
     pending.reverse()                                   # pop() hands out images in order
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
 
     def make(index: int) -> None:
         try:
@@ -474,23 +598,44 @@ def _run_scaler(config: PipelineConfig, out: Path, source: ImageSource, unique: 
         scaler.receive(index, payload)
 
     if size == 1:
-        while pending:
+        while pending and not stopped():
             make(pending.pop())
     else:
-        _serve(comm, scaler, pending, size)
+        _serve(comm, scaler, pending, size, stop)
+    finished = False
     if scaler.phase == "stream":
         scaler.checkpoint(outputs=False)
-        scaler.refine()
+        if not stopped():
+            if not scaler.done:
+                raise DatasetError(f"{out}: none of the {source.n_images} images gave observations "
+                                   f"({len(scaler.errors)} failed)" + _first_error(scaler.errors))
+            finished = scaler.refine(stop)
     elif scaler.phase == "refine":
-        scaler.refine()
-    stats = pd.read_csv(out / "statistics.csv") if (out / "statistics.csv").exists() else None
+        finished = scaler.refine(stop)
+    else:                                               # done: the final files must be there
+        finished = True
+        if not all((out / n).is_file() for n in ("merged.mtz", "statistics.csv")):
+            log.warning("%s: the run is done but its merged MTZ or statistics are missing: writing them again", out)
+            scaler.write_outputs(halves=True)
+    stats = pd.read_csv(out / "statistics.csv") if finished and (out / "statistics.csv").exists() else None
     overall = stats[stats["shell"] == "overall"].iloc[0].to_dict() if stats is not None else {}
     return {"out": out, "images": len(scaler.done), "steps": scaler._steps(), "seconds": scaler._seconds(),
-            "resumed_from_images": scaler.resumed_images, "errors": len(scaler.errors), **overall}
+            "resumed_from_images": scaler.resumed_images, "errors": len(scaler.errors), "phase": scaler.phase,
+            "stopped": not finished, "files": scaler.output_files(), **overall}
 
 
-def _serve(comm: Any, scaler: _Scaler, pending: list[int], size: int) -> None:
-    """Rank 0's loop: hand out images one at a time, take results and train between messages."""
+def _first_error(errors: dict[int, str]) -> str:
+    if not errors:
+        return ""
+    index = min(errors)
+    return f"; first: image {index}: {errors[index]}"
+
+
+def _serve(comm: Any, scaler: _Scaler, pending: list[int], size: int, stop: threading.Event | None = None) -> None:
+    """Rank 0's loop: hand out images one at a time, take results and train between messages.
+
+    Once ``stop`` is set, workers get no more images; the ones they are making are still taken.
+    """
     from mpi4py import MPI
 
     active = size - 1
@@ -501,7 +646,8 @@ def _serve(comm: Any, scaler: _Scaler, pending: list[int], size: int) -> None:
             active -= 1
             continue
         # reply first, so the worker makes its next image while this rank trains
-        comm.send(pending.pop() if pending else None, dest=status.Get_source(), tag=_TAG_WORK)
+        more = pending and not (stop is not None and stop.is_set())
+        comm.send(pending.pop() if more else None, dest=status.Get_source(), tag=_TAG_WORK)
         if kind == "result":
             scaler.receive(index, payload)
         elif kind == "error":

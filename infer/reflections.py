@@ -6,7 +6,7 @@ per observation and these columns; readers map their formats onto them:
 =============  ===========================================================================
 H, K, L        Miller index reduced to gemmi's reciprocal ASU (int)
 M/ISYM         MTZ symmetry code of the observed index: odd for I(+), even for I(−)
-BATCH          image (batch) number as in the file
+BATCH          image (batch) number as in the file (CrystFEL streams: the crystal, from 1)
 IMAGE          image number 0 … n − 1 over every file read together
 I, SIGI        integrated intensity and its standard error (photons)
 DHKL           resolution, Å
@@ -42,7 +42,7 @@ import reciprocalspaceship as rs
 from pydantic import BaseModel, ConfigDict, Field
 
 from xrais.errors import ConfigError, DatasetError
-from xrais.models.variational.wilson import make_space_group, reduce_to_asu_array
+from xrais.models.variational.wilson import make_mtz_batch, make_space_group, reduce_to_asu_array
 
 __all__ = [
     "STANDARD_COLUMNS",
@@ -279,11 +279,20 @@ def read_integrated_hdf5(path: str | Path, *, space_group: Any = None, cell: Any
 
 
 def read_crystfel_stream(path: str | Path, *, space_group: Any, cell: Any = None) -> rs.DataSet:
-    """Read the indexed reflections of a CrystFEL stream (one image per crystal block).
+    """Read the indexed reflections of a CrystFEL stream: one image (BATCH) per crystal.
 
-    Reads ``Cell parameters`` (nm, degrees) of each crystal and the ``Reflections measured after
-    indexing`` table (h k l I sigma(I) peak background fs/px ss/px panel). The cell is the mean
-    of the crystals' cells unless given; the space group must be given (streams do not record it).
+    Reads ``photon_energy_eV`` of each chunk, ``Cell parameters`` (nm, degrees) of each crystal
+    and its ``Reflections measured after indexing`` table (h k l I sigma(I) peak background
+    fs/px ss/px panel). Every crystal is its own image, so each lattice of a multi-lattice
+    hit gets its own scale: BATCH numbers the crystals from 1 in file order (as ``xrais
+    integrate`` numbers images), CHUNK is the 0-based chunk (detector event) it came from and
+    CRYSTAL its 0-based number within that chunk. The cell is the mean of the crystals' cells
+    unless given; the space group must be given (streams do not record it).
+
+    Raises
+    ------
+    DatasetError
+        No space group, an unreadable file, a malformed line, or no indexed reflection.
     """
     path = Path(path)
     if space_group is None:
@@ -291,39 +300,50 @@ def read_crystfel_stream(path: str | Path, *, space_group: Any, cell: Any = None
     rows: list[list[float]] = []
     cells: list[list[float]] = []
     wavelength = 1.0
-    image = -1
+    chunk = -1
+    crystal = 0                 # crystals read so far (BATCH of the current one)
+    in_chunk = 0                # crystals of the current chunk
     in_table = False
-    crystal_cell: list[float] | None = None
     try:
         text = path.open("r", errors="replace")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open ({exc})") from exc
     with text:
-        for line in text:
-            if line.startswith("----- Begin chunk"):
-                image += 1
-            elif line.startswith("photon_energy_eV"):
-                energy = float(line.split("=")[1].split()[0])
-                wavelength = gemmi.hc / energy if energy > 0 else wavelength
-            elif line.startswith("Cell parameters"):
-                parts = line.split()
-                crystal_cell = [10 * float(v) for v in parts[2:5]] + [float(v) for v in parts[6:9]]
-                cells.append(crystal_cell)
-            elif line.startswith("Reflections measured after indexing"):
-                in_table = True
-            elif line.startswith("End of reflections"):
-                in_table = False
-            elif in_table:
-                parts = line.split()
-                if len(parts) >= 9 and parts[0].lstrip("-").isdigit():
-                    rows.append([float(v) for v in parts[:9]] + [image, wavelength])
+        for number, line in enumerate(text, start=1):
+            try:
+                if line.startswith("----- Begin chunk"):
+                    chunk += 1
+                    in_chunk = 0
+                elif line.startswith("photon_energy_eV"):
+                    energy = float(line.split("=")[1].split()[0])
+                    wavelength = gemmi.hc / energy if energy > 0 else wavelength
+                elif line.startswith("Cell parameters"):
+                    parts = line.split()
+                    cells.append([10 * float(v) for v in parts[2:5]] + [float(v) for v in parts[6:9]])
+                elif line.startswith("Reflections measured after indexing"):
+                    in_table = True
+                    crystal += 1
+                    in_chunk += 1
+                elif line.startswith("End of reflections"):
+                    in_table = False
+                elif in_table:
+                    parts = line.split()
+                    if len(parts) >= 9 and parts[0].lstrip("-").isdigit():
+                        rows.append([float(v) for v in parts[:9]]
+                                    + [crystal, wavelength, max(chunk, 0), in_chunk - 1])
+            except (ValueError, IndexError):
+                raise DatasetError(f"{path}: line {number}: cannot read {line.strip()[:60]!r}") from None
     if not rows:
         raise DatasetError(f"{path}: no indexed reflections found in the stream")
+    if cell is None and not cells:
+        raise DatasetError(f"{path}: no 'Cell parameters' line in the stream; give the cell")
     arr = np.asarray(rows)
     cell = cell if cell is not None else np.mean(np.asarray(cells), axis=0)
     return make_reflection_table(arr[:, :3].astype(np.int32), arr[:, 9].astype(np.int64), arr[:, 3], arr[:, 4],
                                  cell=cell, space_group=space_group,
-                                 metadata={"XDET": arr[:, 7], "YDET": arr[:, 8], "BG": arr[:, 6]},
+                                 metadata={"XDET": arr[:, 7], "YDET": arr[:, 8], "BG": arr[:, 6],
+                                           "CHUNK": arr[:, 11].astype(np.int64),
+                                           "CRYSTAL": arr[:, 12].astype(np.int64)},
                                  wavelength_A=arr[:, 10], source=str(path))
 
 
@@ -354,11 +374,7 @@ def write_unmerged_mtz(table: rs.DataSet, path: str | Path, *, columns: Sequence
     data = np.column_stack([table["H"], table["K"], table["L"]] + [table[c].to_numpy(np.float64) for c in labels])
     mtz.set_data(data.astype(np.float32))
     for number in np.unique(batch):
-        b = gemmi.Mtz.Batch()
-        b.number = int(number)
-        b.dataset_id = 1
-        b.wavelength = wavelength
-        mtz.batches.append(b)
+        mtz.batches.append(make_mtz_batch(int(number), table.cell, wavelength, dataset_id=1))
     mtz.history = ["xrais unmerged reflections"]
     tmp = path.with_name(path.name + ".part")
     mtz.write_to_file(str(tmp))

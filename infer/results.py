@@ -8,12 +8,20 @@ A results folder holds::
     results.h5         (format h5) the same rows as 1-D datasets under /rows, appended every
                        ``flush_rows`` rows; or
     results.parquet/   (format parquet, needs pyarrow) part-NNNNNN.parquet files, one per append
+    work.jsonl         while a run goes: the work items handed to each rank and not yet
+                       returned (removed when the run ends cleanly)
+    .xrais.lock        while a run goes: who holds the folder (:class:`xrais.runs.RunLock`)
 
 A killed run leaves a complete journal except perhaps a cut last line, which is dropped when
 the folder is opened again. The HDF5 and Parquet tables hold a prefix of the journal's rows;
-opening the folder appends the rows they lack (an HDF5 file damaged by the kill is rebuilt
-from the journal). A folder made with other models or settings (see
-:meth:`InferConfig.fingerprint`) is refused rather than mixed.
+they are appended every ``flush_rows`` rows or ``flush_s`` seconds, and each append also
+records the run's row count in ``provenance.json``, so a killed run's entry tells how far it
+got. Opening the folder appends the rows the tables lack (an HDF5 file damaged by the kill is
+rebuilt from the journal). A folder made with other models or settings (see
+:meth:`InferConfig.fingerprint`) is refused rather than mixed. When a run did not end cleanly
+(a rank died, the job was killed), ``work.jsonl`` tells which ranks held which frames; the
+next run names those whose rows are missing (:class:`~xrais.infer.work.WorkJournal`) and
+scores them.
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ from xrais._version import __version__
 from xrais.errors import ConfigError, DatasetError
 from xrais.infer.config import InferConfig
 from xrais.infer.scoring import ModelInfo, column_kind
-from xrais.infer.work import DoneIndex
+from xrais.infer.work import WORK_JOURNAL_NAME, DoneIndex
+from xrais.runs import FlushSchedule, check_out_dir
 
 __all__ = ["ResultsWriter", "read_results", "make_provenance", "read_provenance", "CSV_NAME", "H5_NAME",
-           "PARQUET_DIR", "PROVENANCE_NAME"]
+           "PARQUET_DIR", "PROVENANCE_NAME", "WORK_JOURNAL_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +278,13 @@ class ResultsWriter:
     Raises
     ------
     ConfigError
-        The folder holds results of other models or settings, or its journal has other columns.
+        The folder holds results of other models or settings, its journal has other columns,
+        or it cannot be a folder (an existing file, under a file, not writable).
     """
 
     def __init__(self, out_dir: str | Path, config: InferConfig, infos: Sequence[ModelInfo],
                  columns: Sequence[str], *, ranks: int = 1) -> None:
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = check_out_dir(out_dir)
         self.config, self.columns = config, list(columns)
         self.csv_path = self.out / CSV_NAME
         new = make_provenance(config, infos, columns)
@@ -305,8 +314,9 @@ class ResultsWriter:
             self.tables.append(_ParquetParts(self.out / PARQUET_DIR, self.columns))
         for table in self.tables:
             table.sync(journal)
-        self.run = {"started": _now(), "finished": None, "host": socket.gethostname(), "pid": os.getpid(),
-                    "ranks": ranks, "rows_written": 0, "errors": 0, "config": config.model_dump(mode="json")}
+        self.run = {"started": _now(), "updated": None, "finished": None, "host": socket.gethostname(),
+                    "pid": os.getpid(), "ranks": ranks, "rows_written": 0, "errors": 0,
+                    "config": config.model_dump(mode="json")}
         self.provenance.setdefault("runs", []).append(self.run)
         _write_json(prov_path, self.provenance)
         header_needed = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
@@ -316,12 +326,19 @@ class ResultsWriter:
             self._csv.writerow(self.columns)
             self._fh.flush()
         self._buffer: list[dict[str, Any]] = []
+        self.schedule = FlushSchedule(config.flush_rows, config.flush_s)
         self.closed = False
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows to the journal (flushed at once) and, every ``flush_rows``, to the tables."""
+        """Append rows to the journal (flushed at once) and, every ``flush_rows`` rows or
+        ``flush_s`` seconds, to the tables and the run's row count in ``provenance.json``.
+
+        ``write([])`` only flushes when the time is due (a run calls it while it waits).
+        """
         rows = [dict(r) for r in rows]
         if not rows:
+            if self._buffer and self.schedule.add(0):
+                self.flush()
             return
         for r in rows:
             self._csv.writerow([_csv_value(r.get(c, "")) for c in self.columns])
@@ -330,14 +347,18 @@ class ResultsWriter:
             self.done.add(str(r["file"]), int(r["frame"]), r.get("n_frames"))
         self._fh.flush()
         self._buffer.extend(rows)
-        if len(self._buffer) >= self.config.flush_rows:
+        if self.schedule.add(len(rows)):
             self.flush()
 
     def flush(self) -> None:
-        """Append the buffered rows to the HDF5/Parquet tables."""
+        """Append the buffered rows to the HDF5/Parquet tables and record the row count so far."""
         buffer, self._buffer = self._buffer, []
+        self.schedule.flushed()
         for table in self.tables:
             table.append(buffer)
+        if buffer:
+            self.run["updated"] = _now()
+            _write_json(self.out / PROVENANCE_NAME, self.provenance)
 
     def close(self) -> None:
         """Flush everything and record the end of the run in ``provenance.json``."""
@@ -358,6 +379,17 @@ class ResultsWriter:
         self.close()
 
 
+def _results_file(folder: Path) -> Path:
+    """The table to read in a results folder: the journal, else the HDF5 table, else Parquet."""
+    for name in (CSV_NAME, H5_NAME, PARQUET_DIR):
+        if (folder / name).exists():
+            return folder / name
+    if any(folder.glob("part-*.parquet")):
+        return folder
+    raise DatasetError(f"{folder}: no {CSV_NAME}/{H5_NAME} in this folder "
+                       "(expected the --out folder of xrais infer)")
+
+
 def read_results(path: str | Path) -> Any:
     """Rows of a results folder or file as a pandas DataFrame.
 
@@ -375,8 +407,10 @@ def read_results(path: str | Path) -> Any:
     import pandas as pd
 
     p = Path(path)
-    if p.is_dir() and (p / CSV_NAME).exists():
-        p = p / CSV_NAME
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or folder (expected xrais inference results)")
+    if p.is_dir() and p.suffix != ".parquet":
+        p = _results_file(p)
     try:
         if p.suffix == ".csv":
             text = ("file", "detector", "models", "finished_at", "error")
@@ -396,7 +430,14 @@ def read_results(path: str | Path) -> Any:
                     for c, a in data.items()}
             return pd.DataFrame(data)
         if p.suffix == ".parquet" or p.is_dir():
+            import importlib.util
+
+            if importlib.util.find_spec("pyarrow") is None:
+                raise DatasetError(f"{p}: reading Parquet results needs pyarrow (pip install pyarrow); "
+                                   f"read the {CSV_NAME} beside it instead")
             return pd.read_parquet(p)
+    except DatasetError:
+        raise
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"{p}: expected xrais inference results, could not read them ({exc})") from None
     raise DatasetError(f"{p}: expected a results folder, results.csv, results.h5 or Parquet results")

@@ -8,9 +8,16 @@ node's GPU (several ranks share one) or on the CPU with the node's cores shared 
 node's workers, and scores what it is given. The messages are small (work items out, rows
 back); every rank waits for them by polling with short sleeps, so an idle rank uses no CPU.
 
-Stopping: a fixed list stops when everything is scored; following an experiment stops on
-Ctrl-C, at the end of stdin, or after ``idle_timeout_s`` with nothing new and nothing left to
-do. What was scored is always in the results folder (see :mod:`xrais.infer.results`).
+Stopping: a fixed list stops when everything is scored; following an experiment stops at the
+end of stdin, or after ``idle_timeout_s`` with nothing new and nothing left to do. Setting the
+``stop`` event (``xrais infer`` sets it on SIGTERM or SIGINT) stops any run once the work
+items being scored are done and their rows written. What was scored is always in the results
+folder (see :mod:`xrais.infer.results`).
+
+The manager notes in the folder's work journal which item went to which rank and when its
+rows came back (:class:`~xrais.infer.work.WorkJournal`). If a run ends without a clean
+stop (a rank died and ``mpiexec`` aborted the job, or the job was killed), the next run names
+the ranks whose items have no rows, and scores those frames again with the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from xrais.infer.config import InferConfig, WatchConfig
 from xrais.infer.results import ResultsWriter
 from xrais.infer.scoring import Scorer, describe_models, empty_row, error_text, result_columns
 from xrais.infer.watch import make_source
-from xrais.infer.work import DoneIndex, FrameRef, WorkItem, make_items
+from xrais.infer.work import DoneIndex, FrameRef, WorkItem, WorkJournal, describe_unfinished, make_items
 
 __all__ = ["InferReport", "run_inference", "resolve_device"]
 
@@ -59,7 +66,7 @@ class InferReport:
     stage_s : dict of str to float
         Sums of ``read_s``, ``condition_s`` and ``score_s`` over the rows without error.
     interrupted : bool
-        Stopped by Ctrl-C.
+        Stopped by the ``stop`` event (a signal) or Ctrl-C before everything was scored.
     first_errors : list of str
         The first few error texts.
     """
@@ -175,6 +182,7 @@ def run_inference(
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
     stop: threading.Event | None = None,
     stdin: TextIO | None = None,
+    recursive: bool = False,
 ) -> InferReport | None:
     """Score images into a results folder, resuming what is there.
 
@@ -192,9 +200,12 @@ def run_inference(
     on_rows : callable, optional
         Called on the manager with each batch of rows as they are written.
     stop : threading.Event, optional
-        Set it to stop the run (the rows so far are kept).
+        Set it to stop the run: the items being scored are finished and written, no more are
+        started (a :class:`xrais.runs.StopRequest` from :func:`xrais.runs.stop_on_signals`).
     stdin : text stream, optional
         Where ``"-"`` reads paths from (default ``sys.stdin``).
+    recursive : bool
+        Also take the files in sub-folders of named folders and of folders matched by globs.
 
     Returns
     -------
@@ -226,25 +237,35 @@ def run_inference(
         raise
     report = InferReport(out_dir=Path(out_dir), ranks=size, rows_before=writer.rows_before)
     source: Any = None
+    journal: WorkJournal | None = None
     if size > 1:
         comm.bcast(infos, root=0)
 
     def record(rows: list[dict[str, Any]]) -> None:
-        writer.write(rows)
+        writer.write(rows)  # no rows: flushes the tables if they have waited flush_s
         report.add(rows)
         if on_rows is not None and rows:
             on_rows(rows)
 
     loop = None
+    clean = False
     try:
-        source = make_source(inputs, watch, writer.done, stdin)
-        loop = _ManagerLoop(config, watch, source, writer.done, record, stop)
+        held = WorkJournal.read_unfinished(writer.out)
+        unfinished = describe_unfinished(held, writer.done) if held else ""
+        if unfinished:
+            log.warning("%s: the last run did not end cleanly (a rank died or the job was killed): %s; "
+                        "those frames are scored again", writer.out, unfinished)
+        journal = WorkJournal(writer.out, ranks=size)
+        source = make_source(inputs, watch, writer.done, stdin, recursive=recursive)
+        loop = _ManagerLoop(config, watch, source, writer.done, record, stop, journal)
         if size == 1:
             scorer = Scorer(config, infos, device=resolve_device(config.device, local_rank), rank=0,
                             read_retry_s=read_retry_s)
             loop.run_single(scorer)
         else:
             loop.run_mpi(comm)
+        clean = True
+        report.interrupted = loop.stopped_early
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
@@ -254,6 +275,8 @@ def run_inference(
         if source is not None:
             source.close()
         writer.close()
+        if journal is not None:
+            journal.close(clean=clean)
         report.seconds = time.perf_counter() - t0
     return report
 
@@ -262,9 +285,11 @@ class _ManagerLoop:
     """Polls the source, hands out work items and records rows (the manager's side)."""
 
     def __init__(self, config: InferConfig, watch: WatchConfig | None, source: Any, done: DoneIndex,
-                 record: Callable[[list[dict[str, Any]]], None], stop: threading.Event | None) -> None:
+                 record: Callable[[list[dict[str, Any]]], None], stop: threading.Event | None,
+                 journal: WorkJournal | None = None) -> None:
         self.config, self.source, self.done, self.record = config, source, done, record
-        self.stop = stop
+        self.stop, self.journal = stop, journal
+        self.stopped_early = False
         self.poll_s = watch.poll_s if watch is not None else 0.0
         self.idle_timeout_s = watch.idle_timeout_s if watch is not None else None
         self.pending: deque[WorkItem] = deque()
@@ -284,19 +309,34 @@ class _ManagerLoop:
             self.last_activity = now
 
     def _stopped(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
+        if self.stop is not None and self.stop.is_set():
+            self.stopped_early = self.stopped_early or bool(self.pending) or not self.source.exhausted
+            return True
+        return False
+
+    def _handed(self, rank: int, item: WorkItem) -> None:
+        if self.journal is not None:
+            self.journal.handed(rank, item)
+
+    def _returned(self, rank: int) -> None:
+        if self.journal is not None:
+            self.journal.returned(rank)
 
     def _idle_out(self) -> bool:
         return self.idle_timeout_s is not None and time.monotonic() - self.last_activity >= self.idle_timeout_s
 
     def _wait(self) -> None:
+        self.record([])
         time.sleep(min(max(self.poll_s, _MESSAGE_POLL_S), 0.05))
 
     def run_single(self, scorer: Scorer) -> None:
         while not self._stopped():
             self._poll(limit=1)
             if self.pending:
-                self.record(_score(scorer, self.pending.popleft()))
+                item = self.pending.popleft()
+                self._handed(0, item)
+                self.record(_score(scorer, item))
+                self._returned(0)
                 self.last_activity = time.monotonic()
                 continue
             if self.source.exhausted or self._idle_out():
@@ -323,10 +363,12 @@ class _ManagerLoop:
                     if kind == "failed":
                         failed[src] = str(payload)
                         continue
-                    busy.pop(src, None)
+                    returned = busy.pop(src, None)
                     if payload:
                         self.record(payload)
                         self.last_activity = time.monotonic()
+                    if returned is not None:
+                        self._returned(src)
                     idle.append(src)
                 everyone_heard = heard >= workers
                 if failed or self._stopped():
@@ -337,11 +379,13 @@ class _ManagerLoop:
                     while idle and self.pending:
                         w = idle.popleft()
                         item = self.pending.popleft()
+                        self._handed(w, item)
                         comm.send(item, dest=w, tag=TAG_TO_WORKER)
                         busy[w] = item
                     if not busy and not self.pending and everyone_heard and (self.source.exhausted or self._idle_out()):
                         break
                 if not got:
+                    self.record([])
                     time.sleep(_MESSAGE_POLL_S if not self.poll_s or busy else min(self.poll_s, 0.05))
         finally:
             self.workers_stopped = True

@@ -232,9 +232,12 @@ class RunStats:
 
 
 def make_source(inputs: Sequence[str | Path], watch: WatchConfig | None, done: DoneIndex,
-                stdin: TextIO | None = None) -> Any:
+                stdin: TextIO | None = None, *, recursive: bool = False) -> Any:
     """The source of a run: the named inputs (``"-"``: paths read from ``stdin``), then the
     followed folder or stdin when ``watch`` is given.
+
+    ``recursive`` also takes the files in sub-folders of named folders and of folders matched
+    by globs (see :func:`~xrais.infer.work.expand_inputs`).
 
     Raises
     ------
@@ -242,7 +245,7 @@ def make_source(inputs: Sequence[str | Path], watch: WatchConfig | None, done: D
         Nothing named and nothing followed, or a followed folder that does not exist.
     """
     named = [i for i in inputs if str(i) != "-"]
-    paths = expand_inputs(named) if named else []
+    paths = expand_inputs(named, recursive=recursive) if named else []
     if any(str(i) == "-" for i in inputs):
         paths.extend(iter_stdin_paths(stdin if stdin is not None else sys.stdin))
     if watch is None:

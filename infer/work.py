@@ -8,18 +8,21 @@ scores it. Consecutive entries are packed into :class:`WorkItem` chunks; a rank 
 next chunk when it has scored the last, so one slow file delays only its own chunk.
 
 Rows already in the results (:class:`DoneIndex`) are left out, which is how a killed run
-resumes.
+resumes. :class:`WorkJournal` records which item each rank holds, so that after a rank dies
+the next run can say which frames it took down with it (:func:`describe_unfinished`).
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from xrais.errors import ConfigError
 
@@ -37,6 +40,9 @@ __all__ = [
     "is_eiger_data_file",
     "iter_stdin_paths",
     "absolute",
+    "WorkJournal",
+    "describe_unfinished",
+    "WORK_JOURNAL_NAME",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,8 @@ IGNORED_NAMES = frozenset({"header"})
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _EIGER_DATA = re.compile(r"(?P<prefix>.+)_data_\d+(?P<ext>\.[A-Za-z0-9]+)")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: The work journal of a results folder (:class:`WorkJournal`).
+WORK_JOURNAL_NAME = "work.jsonl"
 
 
 @dataclass(frozen=True)
@@ -170,11 +178,21 @@ def list_folder(folder: Path, pattern: str = "*", recursive: bool = False) -> li
     return sorted((p for p in found if _wanted(p)), key=lambda p: natural_key(str(p)))
 
 
+def _sub_folders(folder: Path) -> bool:
+    try:
+        return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def expand_inputs(inputs: Iterable[str | Path], *, recursive: bool = False) -> list[Path]:
     """Files named by paths, folders and globs, absolute (symbolic links kept), in order, without repeats.
 
     A file named directly is kept even if it does not exist (scoring it gives an error row).
-    EIGER data files are dropped when their master file is also an input.
+    A folder gives its image files (and, with ``recursive``, those of its sub-folders). A
+    folder matched by a glob gives its files (and sub-folders') with ``recursive``; without, it
+    is left out with a warning naming it. EIGER data files are dropped when their master file
+    is also an input.
 
     Raises
     ------
@@ -188,12 +206,23 @@ def expand_inputs(inputs: Iterable[str | Path], *, recursive: bool = False) -> l
         if p.is_dir():
             files = list_folder(p, recursive=recursive)
             if not files:
-                log.warning("%s: no image files in this folder", text)
+                log.warning("%s: no image files in this folder%s", text,
+                            "" if recursive or not _sub_folders(p) else " (it has sub-folders: give --recursive)")
             out.extend(files)
         elif not p.exists() and _GLOB_CHARS.search(text):
-            matches = [Path(m) for m in glob.glob(str(p), recursive=True)]
-            files = sorted((m for m in matches if _wanted(m)), key=lambda m: natural_key(str(m)))
-            if not files:
+            matches = sorted((Path(m) for m in glob.glob(str(p), recursive=True)), key=lambda m: natural_key(str(m)))
+            folders = [m for m in matches if m.is_dir()]
+            files = [m for m in matches if _wanted(m)]
+            if folders and recursive:
+                files = sorted([*files, *(f for d in folders for f in list_folder(d, recursive=True))],
+                               key=lambda m: natural_key(str(m)))
+            elif folders:
+                shown = ", ".join(str(d) for d in folders[:5])
+                if len(folders) > 5:
+                    shown += f" and {len(folders) - 5} more"
+                log.warning("%s: matches %d folder(s), left out (give --recursive to score the files in them): %s",
+                            text, len(folders), shown)
+            if not files and not folders:
                 log.warning("%s: no file matches", text)
             out.extend(files)
         else:
@@ -272,3 +301,144 @@ def iter_stdin_paths(lines: Iterable[str]) -> Iterator[Path]:
         text = line.strip()
         if text and not text.startswith("#"):
             yield absolute(Path(text).expanduser())
+
+
+class WorkJournal:
+    """``work.jsonl``: which work items were handed to which rank and not yet returned.
+
+    The manager calls :meth:`handed` as it sends an item and :meth:`returned` once the item's
+    rows are in the results; each is one short line, flushed. Every ``compact_lines`` lines the
+    file is rewritten with only the items still out, so following an experiment for days keeps
+    it small. A run that ends cleanly removes the file (:meth:`close`), so a journal found when
+    a run starts means the last one did not (a rank died, the job was killed);
+    :meth:`read_unfinished` then tells what each rank held.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The results folder.
+    ranks : int
+        Ranks of this run (recorded in its first line).
+    compact_lines : int
+        Lines between rewrites.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     j = WorkJournal(d)
+    ...     j.handed(1, WorkItem((FrameRef("/x/a.h5", 0), FrameRef("/x/a.h5", 1))))
+    ...     j.handed(2, WorkItem((FrameRef("/x/b.cbf"),)))
+    ...     j.returned(1)
+    ...     WorkJournal.read_unfinished(d)
+    {2: [FrameRef(path='/x/b.cbf', frame=None, skip=frozenset())]}
+    """
+
+    def __init__(self, folder: str | Path, ranks: int = 1, *, compact_lines: int = 10_000) -> None:
+        self.path = Path(folder) / WORK_JOURNAL_NAME
+        self.compact_lines = max(2, int(compact_lines))
+        self._head = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(), "ranks": ranks}
+        self._out: dict[int, list[list[Any]]] = {}
+        self._fh = open(self.path, "w", encoding="utf-8")
+        self._lines = 0
+        self._line(self._head)
+
+    @staticmethod
+    def _text(record: Mapping[str, Any]) -> str:
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    def _line(self, record: Mapping[str, Any]) -> None:
+        self._fh.write(self._text(record))
+        self._fh.flush()
+        self._lines += 1
+        if self._lines >= self.compact_lines:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the file with the items still out (written whole, then renamed over it)."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        records = [self._head, *({"rank": r, "out": refs} for r, refs in sorted(self._out.items()))]
+        tmp.write_text("".join(self._text(r) for r in records), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._fh.close()
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._lines = len(records)
+
+    def handed(self, rank: int, item: WorkItem) -> None:
+        """Note that ``item`` went to ``rank``."""
+        refs = [[r.path, r.frame] for r in item.refs]
+        self._out[rank] = refs
+        self._line({"rank": rank, "out": refs})
+
+    def returned(self, rank: int) -> None:
+        """Note that the rows of ``rank``'s item are in the results."""
+        self._out.pop(rank, None)
+        self._line({"rank": rank, "back": True})
+
+    def close(self, *, clean: bool = True) -> None:
+        """Close the journal; a clean end removes it."""
+        if self._fh.closed:
+            return
+        self._fh.close()
+        if clean:
+            self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def read_unfinished(folder: str | Path) -> dict[int, list[FrameRef]] | None:
+        """The frames each rank held when the last run stopped; None when it ended cleanly.
+
+        A line cut by the kill is ignored.
+        """
+        path = Path(folder) / WORK_JOURNAL_NAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s: cannot read (%s)", path, exc.strerror or exc)
+            return None
+        held: dict[int, list[FrameRef]] = {}
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+                rank = int(record["rank"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if "out" in record:
+                held[rank] = [FrameRef(str(f), None if i is None else int(i)) for f, i in record["out"]]
+            else:
+                held.pop(rank, None)
+        return held
+
+
+def describe_unfinished(held: Mapping[int, Sequence[FrameRef]], done: DoneIndex, *, max_frames: int = 8) -> str:
+    """One line naming the ranks whose work items have no rows, and those frames ("" if none).
+
+    Examples
+    --------
+    >>> describe_unfinished({2: [FrameRef("/x/s.h5", 3), FrameRef("/x/s.h5", 4)], 1: [FrameRef("/x/a.cbf")]},
+    ...                     DoneIndex())
+    'rank 1 held a.cbf; rank 2 held s.h5 frames 3, 4'
+    """
+    parts = []
+    for rank in sorted(held):
+        missing: dict[str, list[int]] = {}
+        for ref in held[rank]:
+            if ref.frame is None and not done.file_done(ref.path):
+                missing.setdefault(ref.path, [])
+            elif ref.frame is not None and (ref.path, ref.frame) not in done:
+                missing.setdefault(ref.path, []).append(ref.frame)
+        if not missing:
+            continue
+        files = []
+        for path, frames in missing.items():
+            name = Path(path).name
+            if not frames:
+                files.append(name)
+                continue
+            shown = ", ".join(map(str, frames[:max_frames]))
+            if len(frames) > max_frames:
+                shown += f" … ({len(frames)} frames)"
+            files.append(f"{name} frame{'s' if len(frames) > 1 else ''} {shown}")
+        parts.append(f"rank {rank} held {', '.join(files)}")
+    return "; ".join(parts)

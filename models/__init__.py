@@ -14,40 +14,9 @@ Building and saving::
     save_checkpoint(model, "out/best.safetensors", epochs=30, metrics={"mae": 0.01})
 """
 
-from xrais.models.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointMeta,
-    default_models_dir,
-    list_checkpoints,
-    load_checkpoint_meta,
-    load_pretrained,
-    resolve_checkpoint,
-    save_checkpoint,
-    unwrap_model,
-)
-from xrais.models.predict import Prediction, predict
-from xrais.models.registry import get_model, list_models, register_model
-from xrais.models.resnet import (
-    ARCHITECTURES,
-    DEFAULT_LABELS,
-    OUTPUT_NAMES,
-    TASKS,
-    ModelConfig,
-    XraisResNet,
-    build_model,
-    inv_resolution_to_radius,
-    multilattice_resnet18,
-    multilattice_resnet34,
-    multilattice_resnet50,
-    multilattice_resnet101,
-    multilattice_resnet152,
-    radius_to_inv_resolution,
-    resolution_resnet18,
-    resolution_resnet34,
-    resolution_resnet50,
-    resolution_resnet101,
-    resolution_resnet152,
-)
+from typing import TYPE_CHECKING
+
+from xrais._lazy import lazy_package
 
 __all__ = [
     "ARCHITECTURES",
@@ -84,3 +53,55 @@ __all__ = [
     "multilattice_resnet101",
     "multilattice_resnet152",
 ]
+
+# Names are imported from their modules on first use (xrais._lazy): importing the package stays cheap.
+lazy_package(__name__, {
+    "xrais.models.checkpoint": (
+        "CHECKPOINT_FORMAT", "CheckpointMeta", "default_models_dir", "list_checkpoints", "load_checkpoint_meta",
+        "load_pretrained", "resolve_checkpoint", "save_checkpoint", "unwrap_model",
+    ),
+    "xrais.models.predict": ("Prediction", "predict"),
+    "xrais.models.registry": ("get_model", "list_models", "register_model"),
+    "xrais.models.resnet": (
+        "ARCHITECTURES", "DEFAULT_LABELS", "OUTPUT_NAMES", "TASKS", "ModelConfig", "XraisResNet", "build_model",
+        "inv_resolution_to_radius", "multilattice_resnet18", "multilattice_resnet34", "multilattice_resnet50",
+        "multilattice_resnet101", "multilattice_resnet152", "radius_to_inv_resolution", "resolution_resnet18",
+        "resolution_resnet34", "resolution_resnet50", "resolution_resnet101", "resolution_resnet152",
+    ),
+})
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at once
+    from xrais.models.checkpoint import (
+        CHECKPOINT_FORMAT,
+        CheckpointMeta,
+        default_models_dir,
+        list_checkpoints,
+        load_checkpoint_meta,
+        load_pretrained,
+        resolve_checkpoint,
+        save_checkpoint,
+        unwrap_model,
+    )
+    from xrais.models.predict import Prediction, predict
+    from xrais.models.registry import get_model, list_models, register_model
+    from xrais.models.resnet import (
+        ARCHITECTURES,
+        DEFAULT_LABELS,
+        OUTPUT_NAMES,
+        TASKS,
+        ModelConfig,
+        XraisResNet,
+        build_model,
+        inv_resolution_to_radius,
+        multilattice_resnet18,
+        multilattice_resnet34,
+        multilattice_resnet50,
+        multilattice_resnet101,
+        multilattice_resnet152,
+        radius_to_inv_resolution,
+        resolution_resnet18,
+        resolution_resnet34,
+        resolution_resnet50,
+        resolution_resnet101,
+        resolution_resnet152,
+    )

@@ -48,6 +48,9 @@ __all__ = [
     "list_checkpoints",
     "compute_sha256",
     "unwrap_model",
+    "load_torch_state",
+    "load_run_state",
+    "save_torch_state",
 ]
 
 CHECKPOINT_FORMAT = "xrais-model-1"
@@ -172,6 +175,95 @@ def write_safetensors(tensors: Mapping[str, Any], path: str | os.PathLike[str], 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_torch_state(path: str | os.PathLike[str], what: str) -> Any:
+    """Read a ``torch.save`` file of tensors, numbers, strings, lists and dicts, never code.
+
+    The file is opened with ``torch.load(weights_only=True)``: a pickle that would build any
+    other object (and so could run code) is refused before anything in it runs.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file should be, for messages ("a pipeline checkpoint").
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unreadable, or holding objects other than tensors and plain containers.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(f"{path}: expected {what}, but the file holds objects other than tensors, "
+                                  "numbers, strings, lists and dicts; xrais never unpickles code from a file "
+                                  "(re-save it as a plain state dict: torch.save(model.state_dict(), FILE))") from None
+        raise CheckpointError(f"{path}: expected {what}, could not read it (not a torch-saved file: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: expected {what}, could not read it as a torch-saved file "
+                              f"({type(exc).__name__}{': ' + first if first else ''})") from None
+
+
+def load_run_state(path: str | os.PathLike[str], what: str, state_format: str, key: str, *,
+                   other_run: str) -> dict[str, Any]:
+    """Read the saved state of a resumable run and check that it belongs to this run.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file should be, for messages ("a merge training state").
+    state_format : str
+        The ``format`` entry the state must have.
+    key : str
+        The run's identity (a hash of its inputs and options); the state's ``key`` must match.
+    other_run : str
+        What the state belongs to when the key differs, and what to do about it, for the message.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable, holding code, or of another format.
+    ConfigError
+        The state of a run on other inputs or options.
+    """
+    from xrais.errors import ConfigError
+
+    state = load_torch_state(path, what)
+    if not isinstance(state, dict) or state.get("format") != state_format:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: expected format {state_format!r}, found {found!r}")
+    if state.get("key") != key:
+        raise ConfigError(f"{path}: holds {other_run}")
+    return state
+
+
+def save_torch_state(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a dict of tensors and plain values with ``torch.save``, atomically (readable by
+    :func:`load_torch_state`)."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(dict(state), tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

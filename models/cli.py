@@ -110,8 +110,11 @@ def export(
     from xrais.models.checkpoint import load_pretrained
     from xrais.models.export import EXPORT_FORMATS, export_model
 
+    from xrais.runs import check_out_file
+
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"--format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    check_out_file(out)
     model = load_pretrained(checkpoint, models_dir=models_dir)
     path = export_model(model, out, format=format, opset=opset)
     inputs = "images, geometry" if model.config.task == "resolution" else "images"
@@ -131,7 +134,9 @@ def import_resonet_cmd(
     """Convert resonet weights into an xrais checkpoint (keys mapped, shapes checked)."""
     from xrais.cli import console
     from xrais.models.resonet_import import import_resonet
+    from xrais.runs import check_out_file
 
+    check_out_file(out)
     model = import_resonet(weights, arch=arch, task=task, out=out, dropout=dropout)
     console.print(f"wrote {out} ({arch} {task}, {model.num_params():,} parameters)", highlight=False)
 

@@ -90,8 +90,9 @@ def read_resonet_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a resonet ``.nn`` file as a state dict, without executing code from it.
 
     The file is opened with ``torch.load(weights_only=True)``, which unpickles tensors and
-    plain containers only. A dict holding the state under ``"state_dict"`` or
-    ``"model_state_dict"`` is accepted too.
+    plain containers only; a file holding other objects (a pickled model class, say) is refused
+    with one line asking for the state dict to be saved on its own. A dict holding the state
+    under ``"state_dict"`` or ``"model_state_dict"`` is accepted too.
 
     Raises
     ------
@@ -100,14 +101,12 @@ def read_resonet_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import torch
 
+    from xrais.models.checkpoint import load_torch_state
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: resonet weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path.name}: expected a torch-saved resonet state dict, could not load it "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    obj = load_torch_state(path, "a torch-saved resonet state dict")
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 __all__ = ["register", "nanobragg", "write_outputs", "smv_header"]
 
@@ -119,13 +120,27 @@ def nanobragg(ctx: typer.Context) -> None:
 nanobragg.__doc__ = _HELP
 
 
+class _NanoBraggCommand(TyperCommand):
+    """``xrais nanobragg``: its help ends with the options it accepts, listed when the help is shown.
+
+    (Listing them at start-up would import the simulator into every ``xrais`` command.)
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if not getattr(self, "_options_listed", False):
+            from xrais.simulate.nanobragg_args import SUPPORTED_OPTIONS
+
+            self.help = (self.help or "") + "\n\nOptions: " + " ".join(sorted(SUPPORTED_OPTIONS, key=str.lower))
+            self._options_listed = True
+        super().format_help(ctx, formatter)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``xrais nanobragg`` to ``app``."""
-    from xrais.simulate.nanobragg_args import SUPPORTED_OPTIONS
-
     app.command(
         "nanobragg",
+        cls=_NanoBraggCommand,
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        help=_HELP + "\n\nOptions: " + " ".join(sorted(SUPPORTED_OPTIONS, key=str.lower)),
+        help=_HELP,
         add_help_option=True,
     )(nanobragg)

@@ -41,26 +41,35 @@ def simulate(
     print_config: bool = typer.Option(False, "--print-config", help="Print the full configuration as TOML and exit."),
     shoeboxes: bool = typer.Option(False, "--shoeboxes", help="Simulate per-reflection shoeboxes of a rotation series "
                                    "or stills instead (--config: a shoebox experiment; --n-images: frames)."),
+    flush_every_images: Optional[int] = typer.Option(
+        None, "--flush-every-images", min=1,
+        help="Finished images reach disk at least every N images (default 4; with --shoeboxes: parts of N "
+             "images, default 16)."),
+    flush_every_s: float = typer.Option(30.0, "--flush-every-s", min=0.001,
+                                        help="Finished images reach disk at least every S seconds, too."),
 ) -> None:
     """Simulate a labelled training set (XRAIS Appendix A by default) into HDF5 shards.
 
-    Run under `mpirun -n R xrais simulate …` to share the images between ranks. Killed and run
-    again with the same arguments, it makes only the missing images.
+    Run under `mpirun -n R xrais simulate …` to share the images between ranks. Finished images
+    reach disk every few images or seconds; SIGTERM or Ctrl-C finishes the current image, writes
+    and exits 128+N. Run again with the same arguments, it makes only the missing images. One run
+    per --out folder at a time. Exit status 0 when every image was made, 1 when some failed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from xrais.cli import console, err_console
     from xrais.errors import ConfigError
+    from xrais.runs import exit_status, stop_on_signals
     from xrais.simulate.config import load_config
 
     if shoeboxes:
-        _simulate_shoeboxes(out, n_images, config, seed, backend, print_config)
+        _simulate_shoeboxes(out, n_images, config, seed, backend, print_config, flush_every_images)
         return
     cfg = load_config(config, preset=preset)
     if print_config:
         print(cfg.to_toml(), end="")
         return
-    from xrais.simulate.dataset import simulate_dataset
+    from xrais.simulate.dataset import FLUSH_EVERY_IMAGES, simulate_dataset
 
     if out is None or n_images < 1:
         raise ConfigError("xrais simulate: give --out DIR and --n-images N (≥ 1)")
@@ -70,22 +79,25 @@ def simulate(
     if comm is not None and backend in ("auto", "cuda"):
         _share_gpus(comm)
     share = len(range(rank, n_images, size))
-    if comm is None:
-        progress = Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=err_console, disable=not err_console.is_terminal, transient=True)
-        with progress:
-            task = progress.add_task("simulate", total=share)
-            report = simulate_dataset(cfg, n_images, out, seed=seed, backend=backend, save_raw=save_raw,
-                                      on_image=lambda i, status: progress.advance(task))
-    else:
-        done = [0]
+    flush = {"flush_every_images": flush_every_images or FLUSH_EVERY_IMAGES, "flush_every_s": flush_every_s}
+    with stop_on_signals() as stop:
+        if comm is None:
+            progress = Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=err_console, disable=not err_console.is_terminal,
+                                transient=True)
+            with progress:
+                task = progress.add_task("simulate", total=share)
+                report = simulate_dataset(cfg, n_images, out, seed=seed, backend=backend, save_raw=save_raw,
+                                          on_image=lambda i, status: progress.advance(task), stop=stop, **flush)
+        else:
+            done = [0]
 
-        def log_line(i: int, status: str) -> None:
-            done[0] += 1
-            print(f"rank {rank}/{size}: image {i} {status} ({done[0]}/{share})", flush=True)
+            def log_line(i: int, status: str) -> None:
+                done[0] += 1
+                print(f"rank {rank}/{size}: image {i} {status} ({done[0]}/{share})", flush=True)
 
-        report = simulate_dataset(cfg, n_images, out, seed=seed, backend=backend, comm=comm, save_raw=save_raw,
-                                  on_image=log_line)
+            report = simulate_dataset(cfg, n_images, out, seed=seed, backend=backend, comm=comm, save_raw=save_raw,
+                                      on_image=log_line, stop=stop, **flush)
     secs = report.seconds
     total = sum(secs.values())
     rate = len(report.made) / total if total else 0.0
@@ -93,14 +105,23 @@ def simulate(
     console.print(f"rank {rank}: {len(report.made)} image(s) made, {report.skipped_done} already done, "
                   f"{len(report.failed)} failed; {rate:.3g} images/s ({stages}); shards: "
                   f"{', '.join(p.name for p in report.shards) or 'none new'}")
+    stop.check(f"xrais simulate {out}")
+    code = exit_status(len(report.failed), stop)
+    if code:
+        err_console.print(f"[bold red]error:[/] {len(report.failed)} image(s) failed (see "
+                          f"{out / f'failures_r{rank:04d}.tsv'}); run again to retry them", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(code)
 
 
 def _simulate_shoeboxes(out: Optional[Path], n_images: int, config: Optional[Path], seed: int, backend: str,
-                        print_config: bool) -> None:
+                        print_config: bool, flush_every_images: Optional[int]) -> None:
     """``xrais simulate --shoeboxes``: :func:`xrais.simulate.shoebox_io.simulate_shoebox_dataset` on this rank."""
     from xrais.cli import console
     from xrais.errors import ConfigError
-    from xrais.simulate.shoebox_io import experiment_to_toml, load_experiment, simulate_shoebox_dataset
+    from xrais.runs import stop_on_signals
+    from xrais.simulate.shoebox_io import (FLUSH_EVERY_IMAGES, experiment_to_toml, load_experiment,
+                                           simulate_shoebox_dataset)
 
     experiment = load_experiment(config, **({"shoeboxes": {"n_images": n_images}} if n_images > 0 else {}))
     if print_config:
@@ -111,10 +132,17 @@ def _simulate_shoeboxes(out: Optional[Path], n_images: int, config: Optional[Pat
     comm = mpi_world()
     if comm is not None and backend in ("auto", "cuda"):
         _share_gpus(comm)
-    report = simulate_shoebox_dataset(experiment, out, seed=seed, backend=backend, comm=comm)
-    done = "already complete" if report["skipped"] else f"simulated in {report['seconds']:.1f} s"
-    console.print(f"rank {report['rank']}: images {report['images'][0]}–{report['images'][1] - 1}, "
-                  f"{report['reflections']} shoeboxes {done}; wrote {report['file']}")
+    with stop_on_signals() as stop:
+        report = simulate_shoebox_dataset(experiment, out, seed=seed, backend=backend, comm=comm, stop=stop,
+                                          flush_every_images=flush_every_images or FLUSH_EVERY_IMAGES)
+    if report["stopped"]:
+        console.print(f"rank {report['rank']}: images {report['images'][0]}–{report['images'][1] - 1}: "
+                      f"{report['parts']} part(s) made now, {report['reflections']} shoeboxes on disk so far")
+    else:
+        done = "already complete" if report["skipped"] else f"simulated in {report['seconds']:.1f} s"
+        console.print(f"rank {report['rank']}: images {report['images'][0]}–{report['images'][1] - 1}, "
+                      f"{report['reflections']} shoeboxes {done}; wrote {report['file']}")
+    stop.check(f"xrais simulate --shoeboxes {out}")
 
 
 def show(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from xrais.config_files import read_config_file, toml_value
+from xrais.config_files import config_error, read_config_file, toml_value, unknown_name_message
 from xrais.errors import ConfigError
 from xrais.geometry import DETECTOR_CATALOG
 from xrais.simulate.detector_effects import DetectorEffectsConfig
@@ -158,26 +158,31 @@ PRESETS: dict[str, dict[str, Any]] = {
 def load_config(path: str | Path | None = None, *, preset: str = "resolution", **overrides: Any) -> SimulationConfig:
     """A validated configuration: a preset, then the file's values, then ``overrides``.
 
+    A ``preset`` key in the file replaces the ``preset`` argument.
+
     Raises
     ------
     ConfigError
-        Naming the file and the first bad key or value.
+        Naming the file and the first bad key or value: an unknown preset or key is named
+        with the nearest valid one (``unknown key 'mosaic_sprad_deg_range'; did you mean
+        'mosaic_spread_deg_range'?``).
     """
     if preset not in PRESETS:
-        raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        raise ConfigError(unknown_name_message("preset", str(preset), PRESETS))
     values: dict[str, Any] = dict(PRESETS[preset])
     where = f"preset {preset}"
     if path is not None:
         p = Path(path)
         data = read_config_file(p)
         if "preset" in data:
-            values = dict(PRESETS.get(data.pop("preset"), {}))
+            name = data.pop("preset")
+            if name not in PRESETS:
+                raise ConfigError(f"{p.name}: " + unknown_name_message("preset", str(name), PRESETS))
+            values = dict(PRESETS[name])
         values.update(data)
         where = p.name
     values.update(overrides)
     try:
         return SimulationConfig(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(v) for v in first["loc"])
-        raise ConfigError(f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})") from None
+        raise config_error(exc, SimulationConfig, where) from None

@@ -2,10 +2,15 @@
 
 Image ``i`` is made by rank ``i mod R`` from its own seed (:func:`xrais.simulate.sampler.image_seed`),
 conditioned (max-pool, sqrt, quadrants) and written with its labels to the rank's shards
-``sim_rRRRR_NNNNN.h5`` (see :mod:`xrais.io`). A killed run keeps its complete shards; run again
-with the same arguments it makes only the missing images, bit-identical to an uninterrupted run
-(any number of ranks). Rank 0 writes ``manifest.json`` at the end. A crystal file that cannot be
-read is skipped with a warning and recorded in ``failures_rRRRR.tsv``; the run goes on.
+``sim_rRRRR_NNNNN.h5`` (see :mod:`xrais.io`). Finished images reach disk every
+``flush_every_images`` images or ``flush_every_s`` seconds (the shard being filled grows, always
+whole on disk), so a killed run loses at most those; run again with the same arguments it makes
+only the missing images, bit-identical to an uninterrupted run (any number of ranks). SIGTERM and
+SIGINT (a ``stop`` event) finish the current image, write what is done and return. The folder
+is held by one run at a time (:class:`xrais.runs.RunLock`). Rank 0 writes ``manifest.json`` at
+the end. A crystal file that cannot be read is skipped with a warning and recorded in
+``failures_rRRRR.tsv``; the run goes on. A set-up error (a bad argument, a backend that cannot
+run here, a busy or unusable folder) stops the run before its first image.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +31,21 @@ from xrais.conditioning.transform import condition_pixels
 from xrais.config_files import claim_run_file
 from xrais.errors import ConfigError, XraisError
 from xrais.io import ShardWriter, read_shard
+from xrais.runs import FlushSchedule, RunLock, check_out_dir
 from xrais.simulate.config import SimulationConfig
 from xrais.simulate.image import SimulatedImage, simulate_image
 from xrais.simulate.sampler import list_structures, sample_image
 
 __all__ = ["SimulationReport", "simulate_dataset", "write_minicbf", "write_nxmx", "done_indices", "check_disk_space",
-           "RUN_FILE"]
+           "RUN_FILE", "FLUSH_EVERY_IMAGES", "FLUSH_EVERY_S"]
 
 log = logging.getLogger(__name__)
 
 #: The run description every rank checks before adding to a folder.
 RUN_FILE = "simulation.json"
+#: Default flush cadence: finished images reach disk at least this often.
+FLUSH_EVERY_IMAGES = 4
+FLUSH_EVERY_S = 30.0
 
 
 @dataclass
@@ -47,6 +57,8 @@ class SimulationReport:
     skipped_done: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)
+    stopped: bool = False
+    """True when a stop request ended the run before its share was done"""
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("structure_factors", "render", "background", "detector_effects", "condition", "write"), 0.0))
 
@@ -80,7 +92,9 @@ def write_minicbf(path: Path, image: SimulatedImage) -> Path:
         "",
     ])
     header = {"_array_data.header_convention": "PILATUS_1.2", "_array_data.header_contents": text}
-    CbfImage(data=np.asarray(image.raw, dtype=np.int32), header=header).write(str(path))
+    tmp = path.with_name(f".{path.name}.tmp")
+    CbfImage(data=np.asarray(image.raw, dtype=np.int32), header=header).write(str(tmp))
+    tmp.replace(path)
     return path
 
 
@@ -166,6 +180,9 @@ def simulate_dataset(
     comm: Any = None,
     save_raw: str | None = None,
     on_image: Callable[[int, str], None] | None = None,
+    stop: threading.Event | None = None,
+    flush_every_images: int = FLUSH_EVERY_IMAGES,
+    flush_every_s: float = FLUSH_EVERY_S,
 ) -> SimulationReport:
     """Make images 0 … n_images−1 (this rank's share) into ``out_dir``.
 
@@ -185,17 +202,48 @@ def simulate_dataset(
         Also write each raw frame to ``out_dir/raw/``.
     on_image : callable, optional
         Called with (index, "ok" | "failed: …") after each image (progress display).
+    stop : threading.Event, optional
+        Set (e.g. by :func:`xrais.runs.stop_on_signals`) to stop after the current image; what
+        is finished is written and ``report.stopped`` is True.
+    flush_every_images, flush_every_s : int, float
+        Finished images reach disk at least every this many images or seconds.
+
+    Returns
+    -------
+    SimulationReport
+
+    Raises
+    ------
+    ConfigError
+        Before any image: bad arguments, an unusable ``out_dir``, a backend that cannot run
+        here, or a folder that holds a different set.
+    RunLockedError
+        Another live run holds ``out_dir``.
     """
+    from xrais.simulate.kernel import choose_backend
+
     if n_images < 1:
         raise ConfigError(f"--n-images {n_images}: expected ≥ 1")
     if save_raw not in (None, "cbf", "nxs"):
         raise ConfigError(f"--save-raw {save_raw!r}: expected 'cbf' or 'nxs'")
+    schedule = FlushSchedule(flush_every_images, flush_every_s)
+    backend = choose_backend(backend)  # a GPU asked for and missing stops here, before any image
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     structures = list_structures(config.structures_dir)
     if config.structures_dir is not None and not structures:
         raise ConfigError(f"structures_dir {config.structures_dir}: no PDB/mmCIF files found")
+    out = check_out_dir(out_dir, "--out")
+    with RunLock(out, "xrais simulate", comm=comm):
+        return _simulate_share(config, n_images, out, seed=seed, backend=backend, comm=comm, save_raw=save_raw,
+                               on_image=on_image, stop=stop, schedule=schedule, structures=structures,
+                               rank=rank, size=size)
+
+
+def _simulate_share(config: SimulationConfig, n_images: int, out: Path, *, seed: int, backend: str, comm: Any,
+                    save_raw: str | None, on_image: Callable[[int, str], None] | None,
+                    stop: threading.Event | None, schedule: FlushSchedule, structures: list[Path],
+                    rank: int, size: int) -> SimulationReport:
+    """The body of :func:`simulate_dataset` once the folder is held."""
     check_disk_space(out, n_images, config, save_raw)
     description = {"seed": int(seed), "config": json.loads(config.to_json()), "xrais_version": __version__}
     claim_run_file(out / RUN_FILE, description, ("seed", "config"), rank, comm, what="a set")
@@ -212,6 +260,9 @@ def simulate_dataset(
         for i in mine:
             if i in done:
                 continue
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                break
             params = sample_image(config, seed, i, structures)
             try:
                 image = simulate_image(config, params, backend=backend)
@@ -228,11 +279,14 @@ def simulate_dataset(
             quads = condition_pixels(image.raw, image.beam_center_px, image.detector.downsample_block,
                                      config.quadrants, image.raw < 0)
             t2 = time.perf_counter()
-            writer.add(quads, _columns(image, config.quadrants))
+            # the raw frame first: an image counts as done once its rows are in a shard
             if save_raw == "cbf":
                 write_minicbf(out / "raw" / f"sim_{i:07d}.cbf", image)
             elif save_raw == "nxs":
                 write_nxmx(out / "raw" / f"sim_{i:07d}.nxs", image)
+            writer.add(quads, _columns(image, config.quadrants))
+            if schedule.add():
+                writer.flush()
             t3 = time.perf_counter()
             for stage, value in image.seconds.items():
                 report.seconds[stage] += value
@@ -246,7 +300,7 @@ def simulate_dataset(
         report.shards = writer.written
     if comm is not None:
         comm.Barrier()
-    if rank == 0:
+    if rank == 0 and not report.stopped:
         _write_manifest(out, n_images)
     return report
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xrais.geometry import Beam, Detector, rotation_matrix
+from xrais.geometry import Beam, Detector
 from xrais.simulate.background import BackgroundLayer, background_image
 from xrais.simulate.config import SimulationConfig
 from xrais.simulate.crystal import Crystal
@@ -105,8 +105,7 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
     domain_volume = math.prod(base.n_cells) * float(np.abs(np.linalg.det(base.real_space_matrix)))
     crystal_scale = (config.crystal_size_um * 1e4) ** 3 / domain_volume / params.n_lattices
     photons = np.zeros(detector.array_shape, dtype=np.float64)
-    rotations = [np.eye(3)] + [rotation_matrix(a, ang) for a, ang in zip(params.lattice_axes, params.lattice_angles_deg)]
-    for r in rotations:
+    for r in params.lattice_rotations():  # lattice 1 (the reference), then the rotated extras
         lattice = replace(base, U=r @ base.U)
         photons += render(lattice, beam, detector, oversample=config.oversample, backend=backend,
                           divergence_steps=config.divergence_steps, check_reflections=False,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.simulate.physics import pixel_value
 
 __all__ = ["render_cpu"]
 
 
-# No on-disk cache: Numba keys it on this file only, so a change in physics.py would be missed.
-@numba.njit(parallel=True)
+# Cached on disk; the cache follows physics.py too (xrais.numba_cache).
+@numba.njit(parallel=True, cache=True)
 def _render_rows(image, rows, panels, sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin, lmin,
                  default_f, inv_dmin, oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, background, steps):
     for r in numba.prange(rows.shape[0]):

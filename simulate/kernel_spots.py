@@ -30,6 +30,7 @@ from typing import Any
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.simulate.physics import (
     first_sample_weight,
     orientation_intensity,
@@ -61,7 +62,7 @@ _SINGLE, _UNIFORM, _GENERAL = 0, 1, 2  # one sample of shared weight; samples of
 def _band_kernel(mode: int):
     """The CPU kernel for one weighting ``mode`` (a constant, so that each compiles to its own loop)."""
 
-    @numba.njit(parallel=True)
+    @numba.njit(parallel=True, cache=True)
     def render_bands(image, weights, band_order, band_start, band_windows, windows, hkl, table, panel_row0, panels,
                      sources, orientations, a0, shape, na, nb, nc, fudge, grid, hmin, kmin, lmin, default_f, inv_dmin,
                      oversample, kahn, pol_ex, pol_ey, pol_ez, flags, scale, steps):
@@ -135,7 +136,7 @@ def _band_index(windows, panel_row0, n_bands):
     return counts, index
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _fill_weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
     """Ω·P of the first sample of every rendered pixel that does not have it yet (0)."""
     for r in numba.prange(rows.shape[0]):
@@ -146,7 +147,7 @@ def _fill_weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol
                                                                 pol_ey, pol_ez, flags)
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _mean_weight_map(image, rows, panels, sources, oversample, kahn, pol_ex, pol_ey, pol_ez, flags):
     for r in numba.prange(rows.shape[0]):
         p, si, f_lo, f_hi, out_s, out_f0 = rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], rows[r, 5]
@@ -198,7 +199,7 @@ def _uniform(plan) -> bool:
     return bool(uniform_sample_weight(int(plan.oversample), len(plan.sources), int(plan.flags)))
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def _scaled_copy(image, source, factor):
     """image = factor × source, row by row over the threads (zeros when ``source`` is empty)."""
     empty = source.shape[0] == 0

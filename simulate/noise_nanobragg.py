@@ -30,6 +30,7 @@ import math
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.errors import ConfigError
 from xrais.simulate.ran1 import ran1, ran1_state
 
@@ -40,7 +41,7 @@ _GAMMLN_COF = (76.18009172947146, -86.50532032941677, 24.01409824083091, -1.2317
                0.1208650973866179e-2, -0.5395239384953e-5)
 
 
-@numba.njit
+@numba.njit(cache=True)
 def gammln(xx: np.float32) -> np.float32:
     """ln Γ(xx) by Lanczos' series (Numerical Recipes ``gammln``), in double, returned as float32."""
     x = np.float64(xx)
@@ -54,7 +55,7 @@ def gammln(xx: np.float32) -> np.float32:
     return _F32(-tmp + math.log(2.5066282746310005 * ser / x))
 
 
-@numba.njit
+@numba.njit(cache=True)
 def gaussdev(state: np.ndarray, spare: np.ndarray) -> np.float32:
     """Unit normal deviate (nanoBragg ``gaussdev``); ``spare`` = [has_spare, value] carries the pair."""
     if spare[0] == 0.0:
@@ -72,7 +73,7 @@ def gaussdev(state: np.ndarray, spare: np.ndarray) -> np.float32:
     return _F32(spare[1])
 
 
-@numba.njit
+@numba.njit(cache=True)
 def poidev(xm: np.float32, state: np.ndarray, spare: np.ndarray) -> np.float32:
     """Poisson deviate of mean ``xm`` (float32), as nanoBragg's ``poidev`` (Numerical Recipes).
 
@@ -114,7 +115,7 @@ def poidev(xm: np.float32, state: np.ndarray, spare: np.ndarray) -> np.float32:
     return em
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _noise_rows(image, out, f_lo, f_hi, s_lo, s_hi, adc, state, spare):
     photons = 0.0
     overloads = 0

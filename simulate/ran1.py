@@ -18,6 +18,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
+
 __all__ = ["ran1_state", "ran1", "ran1_sequence"]
 
 _IA, _IM, _IQ, _IR = 16807, 2147483647, 127773, 2836

@@ -5,6 +5,12 @@ Image ``i`` of a set made with seed ``S`` is drawn from its own generator,
 from (S, i) alone, whichever process makes it and in whatever order. Resolution labels come
 from the B factor through B = 4·d² + 12 (Holton 2009): d is drawn uniformly in the configured
 range and the model target is 1/d.
+
+Lattices are numbered from 1: lattice 1 is the reference (orientation ``U``), lattices 2 and 3
+(when ``n_lattices`` says so) are copies of it rotated by ``lattice{k}_angle_deg`` about the
+unit axis (``lattice{k}_axis_x``, ``_y``, ``_z``), so lattice k has the orientation
+``rotation_matrix(axis_k, angle_k) @ U`` (:func:`lattice_rotations`). Lattice 1's angle is 0;
+a lattice the image does not have has angle 0 and axis (0, 0, 0).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xrais.geometry import DETECTOR_CATALOG
+from xrais.geometry import DETECTOR_CATALOG, rotation_matrix
 from xrais.simulate.config import SimulationConfig
 
 __all__ = ["ImageParameters", "sample_image", "image_seed", "b_factor_from_resolution", "random_cell",
-           "random_rotation", "list_structures"]
+           "random_rotation", "list_structures", "lattice_rotations", "MAX_LATTICES"]
+
+#: Lattices an image can hold; each has its label columns whether the image has it or not.
+MAX_LATTICES = 3
 
 
 def b_factor_from_resolution(d_A: float) -> float:
@@ -111,6 +120,10 @@ class ImageParameters:
         """Orientation of the first lattice (3×3)."""
         return np.asarray(self.orientation).reshape(3, 3)
 
+    def lattice_rotations(self) -> list[np.ndarray]:
+        """The rotation of each lattice from the reference orientation (see :func:`lattice_rotations`)."""
+        return lattice_rotations(self.lattice_axes, self.lattice_angles_deg)
+
     def labels(self) -> dict[str, Any]:
         """Flat label columns: numbers, and short strings for names."""
         d = asdict(self)
@@ -121,10 +134,30 @@ class ImageParameters:
             out[name] = self.cell[i]
         for i in range(9):
             out[f"U_{i // 3}{i % 3}"] = self.orientation[i]
-        for j in range(3):
-            out[f"lattice{j + 1}_angle_deg"] = self.lattice_angles_deg[j] if j < len(self.lattice_angles_deg) else 0.0
+        out["lattice1_angle_deg"] = 0.0  # the reference lattice
+        for k in range(2, MAX_LATTICES + 1):
+            has = k - 2 < len(self.lattice_angles_deg)
+            axis = self.lattice_axes[k - 2] if has else (0.0, 0.0, 0.0)
+            out[f"lattice{k}_angle_deg"] = float(self.lattice_angles_deg[k - 2]) if has else 0.0
+            for c, value in zip("xyz", axis):
+                out[f"lattice{k}_axis_{c}"] = float(value)
         out.update(self.extra)
         return out
+
+
+def lattice_rotations(axes: Sequence[Sequence[float]], angles_deg: Sequence[float]) -> list[np.ndarray]:
+    """Rotations of lattices 1, 2, …: the identity for the reference, then one per (axis, angle).
+
+    Lattice k's orientation is ``lattice_rotations(...)[k - 1] @ U``.
+
+    Examples
+    --------
+    >>> [r.round(6).tolist() for r in lattice_rotations([(0, 0, 1)], [90.0])][1][0]
+    [0.0, -1.0, 0.0]
+    """
+    if len(axes) != len(angles_deg):
+        raise ValueError(f"lattice rotations: {len(axes)} axes but {len(angles_deg)} angles")
+    return [np.eye(3)] + [rotation_matrix(axis, angle) for axis, angle in zip(axes, angles_deg)]
 
 
 def sample_image(config: SimulationConfig, seed: int, index: int, structures: Sequence[Path] = ()) -> ImageParameters:

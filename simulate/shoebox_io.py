@@ -13,8 +13,12 @@ Layout of one shoebox file (``xrais-shoeboxes-1``)::
 Files are written whole to a temporary file beside the target and renamed (``os.replace``),
 as image shards are (:mod:`xrais.io`), so a killed run never leaves a truncated file.
 Under ``mpirun -n R`` rank r simulates the reflections whose centroids lie on its wedge of
-images and writes ``shoeboxes_rRRRR.h5``; rank 0 writes ``manifest.json``. A run asked
-again with the same arguments keeps the complete files it finds.
+images and writes ``shoeboxes_rRRRR.h5``; rank 0 writes ``manifest.json``. A wedge longer than
+``flush_every_images`` is made in parts of that many images, each written to
+``parts_rRRRR/images_AAAAAA_BBBBBB.h5`` as it is finished and joined into the rank's file at
+the end (the shoeboxes of a part do not depend on how the scan is cut, so the joined file is the
+one an uncut run writes). A run asked again with the same arguments keeps the complete files
+and parts it finds; SIGTERM/SIGINT (a ``stop`` event) ends the run after the current part.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import datetime as _dt
 import json
 import math
 import os
+import re
+import shutil
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -30,17 +38,24 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xrais._version import __version__
-from xrais.config_files import claim_run_file, read_config_file, toml_value
+from xrais.config_files import claim_run_file, config_error, read_config_file, toml_value
 from xrais.errors import ConfigError, DatasetError
+from xrais.runs import RunLock, check_out_dir
 from xrais.simulate.shoeboxes import SHOEBOX_ARRAYS, ShoeboxConfig, ShoeboxSet
 
 __all__ = ["SHOEBOX_FORMAT", "ShoeboxExperiment", "build_experiment", "crystal_scale_of", "load_experiment",
            "write_shoeboxes",
-           "read_shoeboxes", "read_shoebox_files", "simulate_shoebox_dataset", "experiment_to_toml", "RUN_FILE"]
+           "read_shoeboxes", "read_shoebox_files", "simulate_shoebox_dataset", "experiment_to_toml", "RUN_FILE",
+           "FLUSH_EVERY_IMAGES"]
 
 SHOEBOX_FORMAT = "xrais-shoeboxes-1"
 #: The run description every rank checks before adding to a folder.
 RUN_FILE = "shoeboxes.json"
+#: Images per part of a rank's wedge: each part reaches disk when it is finished.
+FLUSH_EVERY_IMAGES = 16
+#: Attributes a :class:`ShoeboxSet` carries from the simulation (kept when parts are joined).
+_SET_ATTRS = ("shoebox_config", "seed", "beam", "detector", "crystal", "scales")
+_PART = re.compile(r"images_(\d{6})_(\d{6})\.h5$")
 _STR_ATTRS_AS_JSON = ("config", "shoebox_config", "beam", "detector", "crystal", "scales", "synthetic")
 
 
@@ -146,14 +161,12 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Shoebox
     sb = dict(values.pop("shoeboxes", {}) or {})
     sb.update(overrides.pop("shoeboxes", {}) or {})
     values.update(overrides)
+    if sb:
+        values["shoeboxes"] = {"background_scale": 0.05, **sb}
     try:
-        if sb:
-            values["shoeboxes"] = ShoeboxConfig(**{"background_scale": 0.05, **sb})
         return ShoeboxExperiment(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(v) for v in first["loc"])
-        raise ConfigError(f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})") from None
+        raise config_error(exc, ShoeboxExperiment, where) from None
 
 
 def experiment_to_toml(experiment: ShoeboxExperiment) -> str:
@@ -260,43 +273,128 @@ def read_shoebox_files(paths: Sequence[str | Path]) -> ShoeboxSet:
 
 # --------------------------------------------------------------------------- runs
 def simulate_shoebox_dataset(experiment: ShoeboxExperiment, out_dir: str | Path, *, seed: int = 0,
-                             backend: str = "auto", comm: Any = None) -> dict[str, Any]:
+                             backend: str = "auto", comm: Any = None, stop: threading.Event | None = None,
+                             flush_every_images: int = FLUSH_EVERY_IMAGES) -> dict[str, Any]:
     """Simulate an experiment's shoeboxes into ``out_dir`` (this rank's wedge of images).
+
+    Parameters
+    ----------
+    experiment : ShoeboxExperiment
+    out_dir : path
+        Output folder (one run at a time); resuming needs the same seed, experiment and ranks.
+    seed : int
+    backend : {"auto", "numba", "cuda"}
+    comm : mpi4py communicator, optional
+    stop : threading.Event, optional
+        Set (e.g. by :func:`xrais.runs.stop_on_signals`) to stop after the current part.
+    flush_every_images : int
+        Images per part: finished parts are on disk, a killed run loses at most one part.
 
     Returns
     -------
     dict
-        ``rank``, ``file`` (Path), ``reflections`` (int), ``skipped`` (True when the file was
-        already complete), ``seconds``.
+        ``rank``, ``file`` (Path), ``images`` (first, stop), ``reflections`` (int; of the parts
+        done when stopped), ``skipped`` (True when the file was already complete), ``parts``
+        (parts made now), ``stopped`` (True when a stop request ended the run early), ``seconds``.
+
+    Raises
+    ------
+    ConfigError
+        An unusable ``out_dir``, a backend that cannot run here, a folder holding another set.
+    RunLockedError
+        Another live run holds ``out_dir``.
     """
+    from xrais.simulate.kernel import choose_backend
+
+    if flush_every_images < 1:
+        raise ConfigError(f"--flush-every-images {flush_every_images}: expected ≥ 1")
+    backend = choose_backend(backend)  # a GPU asked for and missing stops here
+    out = check_out_dir(out_dir, "--out")
+    with RunLock(out, "xrais simulate --shoeboxes", comm=comm):
+        return _simulate_shoebox_share(experiment, out, seed=seed, backend=backend, comm=comm, stop=stop,
+                                       part_images=int(flush_every_images))
+
+
+def _parts_on_disk(folder: Path) -> dict[tuple[int, int], Path]:
+    """Finished parts of a wedge: (first image, stop) → file."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for p in folder.glob("images_*.h5"):
+        m = _PART.match(p.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    return found
+
+
+def _cut_into_parts(images: Sequence[int], part_images: int) -> list[range]:
+    """Runs of consecutive images, each cut into ranges of at most ``part_images``."""
+    runs: list[range] = []
+    start = prev = None
+    for i in list(images) + [None]:
+        if i is not None and prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            runs.extend(range(a, min(a + part_images, prev + 1)) for a in range(start, prev + 1, part_images))
+        start = prev = i
+    return runs
+
+
+def _simulate_shoebox_share(experiment: ShoeboxExperiment, out: Path, *, seed: int, backend: str, comm: Any,
+                            stop: threading.Event | None, part_images: int) -> dict[str, Any]:
+    """The body of :func:`simulate_shoebox_dataset` once the folder is held."""
     import time
 
     from xrais.simulate.shoeboxes import simulate_shoeboxes
 
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = json.loads(experiment.to_json())
     claim_run_file(out / RUN_FILE, {"seed": int(seed), "config": config, "ranks": size, "xrais_version": __version__},
                    ("seed", "config", "ranks"), rank, comm, what="shoeboxes")
     n = experiment.shoeboxes.n_images
     wedge = range(rank * n // size, (rank + 1) * n // size)
     path = out / f"shoeboxes_r{rank:04d}.h5"
+    parts_dir = out / f"parts_r{rank:04d}"
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"rank": rank, "file": path, "images": (wedge.start, wedge.stop), "skipped": path.exists()}
+    report: dict[str, Any] = {"rank": rank, "file": path, "images": (wedge.start, wedge.stop), "skipped": path.exists(),
+                              "parts": 0, "stopped": False}
+    attrs = {"config": config, "seed": int(seed), "rank": rank, "ranks": size}
     if path.exists():
         report["reflections"] = len(read_shoeboxes(path))
     else:
         crystal, beam, detector = build_experiment(experiment, seed)
         cfg = experiment.shoeboxes.model_copy(update={"crystal_scale": crystal_scale_of(experiment, crystal)})
-        sb = simulate_shoeboxes(crystal, beam, detector, cfg, seed=seed, images=wedge, backend=backend)
-        write_shoeboxes(path, sb, {"config": config, "seed": int(seed), "rank": rank, "ranks": size,
-                                   "images": [wedge.start, wedge.stop]})
-        report["reflections"] = len(sb)
+        if len(wedge) <= part_images and not _parts_on_disk(parts_dir):  # one part: the file itself
+            sb = simulate_shoeboxes(crystal, beam, detector, cfg, seed=seed, images=wedge, backend=backend)
+            write_shoeboxes(path, sb, {**attrs, "images": [wedge.start, wedge.stop]})
+            report["reflections"], report["parts"] = len(sb), 1
+        else:
+            done = _parts_on_disk(parts_dir)
+            covered = {i for a, b in done for i in range(a, b)}
+            parts_dir.mkdir(exist_ok=True)
+            for part in _cut_into_parts([i for i in wedge if i not in covered], part_images):
+                if stop is not None and stop.is_set():
+                    report["stopped"] = True
+                    break
+                sb = simulate_shoeboxes(crystal, beam, detector, cfg, seed=seed, images=part, backend=backend)
+                done[(part.start, part.stop)] = write_shoeboxes(
+                    parts_dir / f"images_{part.start:06d}_{part.stop:06d}.h5", sb,
+                    {**attrs, "images": [part.start, part.stop]})
+                report["parts"] += 1
+            sets = [read_shoeboxes(done[key]) for key in sorted(done)]
+            if report["stopped"]:
+                report["reflections"] = sum(len(s) for s in sets)
+            else:
+                joined = replace(ShoeboxSet.concatenate(sets) if len(sets) > 1 else sets[0],
+                                 attrs={k: v for k, v in sets[0].attrs.items() if k in _SET_ATTRS})
+                write_shoeboxes(path, joined, {**attrs, "images": [wedge.start, wedge.stop]})
+                shutil.rmtree(parts_dir)
+                report["reflections"] = len(joined)
     report["seconds"] = time.perf_counter() - t0
     if comm is not None:
         comm.Barrier()
-    if rank == 0:
+    if rank == 0 and not report["stopped"]:
         entries = []
         for r in range(size):
             p = out / f"shoeboxes_r{r:04d}.h5"

@@ -15,6 +15,8 @@ import math
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
+
 __all__ = ["reachable_reflections", "max_scattering"]
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.errors import ConfigError
 from xrais.simulate.physics import (
     SHAPE_GAUSS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,35 +26,47 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (resumes the run found there)."),
     epochs: int = typer.Option(30, "--epochs", help="Epochs in all (a resumed run goes on to this number)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Global batch: images per step over all processes."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 6e-3 resolution, 1.04e-3 "
-                                       "multilattice]."),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum [default: 0.9 / 0.9983]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 0 / 2.5e-4]."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="mae or mse (resolution), bce (multilattice)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate. [default: 6e-3 resolution, 1.04e-3 "
+                                       "multilattice]"),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum. [default: 0.9 resolution, "
+                                             "0.9983 multilattice]"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="SGD weight decay. [default: 0 "
+                                                 "resolution, 2.5e-4 multilattice]"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="mae or mse (resolution), bce (multilattice). "
+                                       "[default: mae resolution, bce multilattice]"),
     heads: Optional[List[str]] = typer.Option(None, "--heads", help="Extra head, a labels/<name> column; repeat "
                                               "or separate with commas."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="FC1 dropout [default: 0 / 0.5]."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="FC1 dropout. [default: 0 resolution, "
+                                            "0.5 multilattice]"),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of images held out."),
     workers: int = typer.Option(2, "--workers", help="DataLoader workers per process."),
     seed: int = typer.Option(0, "--seed", help="Seed of split, weights, order and augmentation."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision [default: on with CUDA]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision. [default: on with CUDA]"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
-                                                 help="Channels-last memory format [default: on with CUDA]."),
+                                                 help="Channels-last memory format. [default: on with CUDA]"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="Random photon gain (0.5–2×) per image."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sync_batchnorm: bool = typer.Option(True, "--sync-batchnorm/--no-sync-batchnorm",
                                         help="BatchNorm over the global batch under torchrun."),
     lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant or cosine."),
+    checkpoint_every_s: float = typer.Option(600.0, "--checkpoint-every-s",
+                                             help="Seconds between training states saved within an epoch."),
+    allow_outside_manifest: bool = typer.Option(False, "--allow-outside-manifest",
+                                                help="Read shards that a manifest names outside its own folder."),
 ) -> None:
     """Train a resolution or multi-lattice model on simulated shards.
 
     Run as is for one process (CPU or one GPU), or as `torchrun --nproc_per_node G -m xrais.cli
     train …` for G processes (NCCL on GPUs, gloo on CPUs; --batch-size is the global batch).
-    Killed and run again with the same command, it resumes after the last saved epoch.
+    The training state is saved after every epoch and every --checkpoint-every-s seconds; on
+    SIGTERM or SIGINT the current batch is finished, the state saved, and the command exits
+    with 128 + the signal. Run again with the same command (after a stop or a kill), it resumes
+    from the last saved state. One run at a time may use an --out folder.
     """
     from xrais.cli import console
     from xrais.errors import ConfigError
+    from xrais.runs import stop_on_signals
     from xrais.train.config import make_train_config
     from xrais.train.loop import train as run_training
 
@@ -65,7 +78,8 @@ def train(
         data=paths, out=str(out), task=task, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, loss=loss, heads=head_names, dropout=dropout,
         val_fraction=val_fraction, workers=workers, seed=seed, amp=amp, channels_last=channels_last,
-        compile=compile, augment=augment, device=device, sync_batchnorm=sync_batchnorm, lr_schedule=lr_schedule)
+        compile=compile, augment=augment, device=device, sync_batchnorm=sync_batchnorm, lr_schedule=lr_schedule,
+        checkpoint_every_s=checkpoint_every_s, allow_outside_manifest=allow_outside_manifest)
     main = int(os.environ.get("RANK", "0")) == 0
 
     def report(row: dict) -> None:
@@ -77,15 +91,32 @@ def train(
                       f"acc {row['train_accuracy']:.3f}, {val}, lr {row['lr']:.3g}, "
                       f"{row['images_per_s']:.1f} images/s, {row['seconds']:.1f} s", highlight=False)
 
-    result = run_training(cfg, on_epoch=report)
+    with stop_on_signals() as stop:
+        result = run_training(cfg, on_epoch=report, stop=stop)
     if main:
         if result.start_epoch and result.start_epoch >= cfg.epochs:
             console.print(f"{out}: all {cfg.epochs} epochs were already done; nothing to train", highlight=False)
+        elif result.start_batch:
+            console.print(f"resumed in epoch {result.start_epoch + 1} after batch {result.start_batch}",
+                          highlight=False)
         elif result.start_epoch:
             console.print(f"resumed after epoch {result.start_epoch}", highlight=False)
-        console.print(f"{result.world_size} process(es); best epoch {result.best_epoch} "
-                      f"(loss {result.best_value:.4g}); wrote {out / 'best.safetensors'}, "
-                      f"{out / 'last.safetensors'}, {out / 'metrics.csv'}, {out / 'training.png'}", highlight=False)
+        if result.stopped_at is not None:
+            epoch, batches = result.stopped_at
+            where = f"in epoch {epoch} after {batches} batch(es)" if batches else f"after epoch {epoch - 1}"
+            console.print(f"stopped {where}; training state saved in {out / 'state' / 'last.pt'}", highlight=False)
+        elif result.best_epoch is not None:
+            console.print(f"{result.world_size} process(es); best epoch {result.best_epoch} "
+                          f"(loss {result.best_value:.4g}); wrote {out / 'best.safetensors'}, "
+                          f"{out / 'last.safetensors'}, {out / 'metrics.csv'}, {out / 'training.png'}",
+                          highlight=False)
+    if result.stopped_at is not None:  # asked of this process, or of another one of a torchrun job
+        from xrais.errors import RunInterrupted
+
+        signum = int(stop.signum or signal.SIGTERM)
+        if main:
+            raise RunInterrupted(signum, str(out))  # exit 128 + signal, saying the work is saved
+        raise typer.Exit(128 + signum)
 
 
 def evaluate(
@@ -97,18 +128,23 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size", help="Quadrants per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     workers: int = typer.Option(0, "--workers", help="DataLoader workers."),
+    allow_outside_manifest: bool = typer.Option(False, "--allow-outside-manifest",
+                                                help="Read shards that a manifest names outside its own folder."),
 ) -> None:
     """Score a trained model on held-out shards: predicted-vs-true plot (or ROC) and error table."""
     from rich.table import Table
 
     from xrais.cli import console
     from xrais.errors import ConfigError
+    from xrais.runs import check_out_dir
     from xrais.train.evaluate import evaluate as run_evaluation
 
     paths = _data_args(shards, data)
     if not paths:
         raise ConfigError("xrais evaluate: give the held-out data (--data DIR or shard files)")
-    result = run_evaluation(model, paths, out, batch_size=batch_size, device=device, workers=workers)
+    check_out_dir(out)
+    result = run_evaluation(model, paths, out, batch_size=batch_size, device=device, workers=workers,
+                            allow_outside_manifest=allow_outside_manifest)
     table = Table(title=f"{result.model_path.name}: {result.task}, {result.n_quadrants} quadrants")
     for key in result.table[0]:
         table.add_column(key, justify="left" if key == "bin" else "right")

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from xrais.errors import ConfigError
 
 __all__ = ["TrainConfig", "TASK_DEFAULTS", "RESUME_FIELDS", "make_train_config", "config_differences"]
 
@@ -74,6 +73,9 @@ class TrainConfig(BaseModel):
                                                        description="constant, or cosine decay to 0 over all steps")
     init_output: bool = Field(True, description="start the output layers at the training labels' median and spread")
     stats_images: int = Field(64, ge=1, le=100_000, description="training images sampled for input mean/std")
+    allow_outside_manifest: bool = Field(False, description="read shards a manifest names outside its own folder")
+    checkpoint_every_s: float = Field(600.0, gt=0, le=1e7,
+                                      description="seconds between training states saved within an epoch")
 
     @model_validator(mode="before")
     @classmethod
@@ -128,15 +130,15 @@ def make_train_config(**fields: Any) -> TrainConfig:
     Raises
     ------
     ConfigError
-        Naming the first bad field, what it expects and the value given.
+        Naming the first bad field, what it expects and the value given; an unknown field with
+        the nearest valid one.
     """
+    from xrais.config_files import config_error
+
     try:
         return TrainConfig(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        got = f" (got {err.get('input')!r})" if err.get("loc") else ""
-        raise ConfigError(f"xrais train: {where}: {err.get('msg')}{got}") from None
+        raise config_error(exc, TrainConfig, "xrais train") from None
 
 
 def config_differences(saved: TrainConfig, new: TrainConfig) -> list[str]:

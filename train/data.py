@@ -75,7 +75,7 @@ class DataTable:
         return len(self.row)
 
 
-def _manifest_shards(manifest: Path) -> list[Path]:
+def _manifest_shards(manifest: Path, allow_outside: bool = False) -> list[Path]:
     try:
         data = json.loads(manifest.read_text())
         entries = [e["file"] if isinstance(e, dict) else e for e in data["shards"]]
@@ -83,35 +83,45 @@ def _manifest_shards(manifest: Path) -> list[Path]:
         raise DatasetError(f"{manifest}: expected an xrais manifest with a 'shards' list of {{'file': …}}, "
                            f"could not read one ({type(exc).__name__}: {exc})") from None
     shards = [manifest.parent / str(e) for e in entries]
+    if not allow_outside:
+        folder = os.path.normpath(os.path.abspath(manifest.parent))
+        for entry, shard in zip(entries, shards):
+            if os.path.commonpath([folder, os.path.normpath(os.path.abspath(shard))]) != folder:
+                raise DatasetError(f"{manifest}: names {str(entry)!r}, outside the manifest's folder; a manifest "
+                                   "lists shards in its own folder (give --allow-outside-manifest to read it)")
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise DatasetError(f"{manifest}: lists shards that do not exist: {', '.join(missing[:5])}")
     return shards
 
 
-def resolve_data(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def resolve_data(paths: Sequence[str | os.PathLike[str]], *, allow_outside_manifest: bool = False) -> list[Path]:
     """The shard files meant by manifests, shards and folders, absolute, in order, without repeats.
 
     A folder stands for its ``manifest.json`` when it has one, else for its ``*.h5`` files.
+    A manifest names shards in its own folder (or below it); one that names a file elsewhere
+    (an absolute path, ``../``) is refused unless ``allow_outside_manifest``, so a data set
+    handed on cannot make a run read files it did not bring.
 
     Raises
     ------
     DatasetError
-        A path that does not exist, a bad manifest, or nothing found at all.
+        A path that does not exist, a bad manifest (or one naming files outside its folder),
+        or nothing found at all.
     """
     found: list[Path] = []
     for item in paths:
         p = Path(item)
         if p.is_dir():
             if (p / "manifest.json").is_file():
-                found += _manifest_shards(p / "manifest.json")
+                found += _manifest_shards(p / "manifest.json", allow_outside_manifest)
             else:
                 shards = sorted(q for q in p.glob("*.h5") if not q.name.startswith("."))
                 if not shards:
                     raise DatasetError(f"{p}: expected a manifest.json or .h5 shards in the folder, found neither")
                 found += shards
         elif p.is_file():
-            found += _manifest_shards(p) if p.suffix.lower() == ".json" else [p]
+            found += _manifest_shards(p, allow_outside_manifest) if p.suffix.lower() == ".json" else [p]
         else:
             raise DatasetError(f"{p}: no such file or folder; expected a manifest.json, an .h5 shard or a folder")
     unique = list(dict.fromkeys(q.resolve() for q in found))
@@ -359,6 +369,8 @@ class GlobalBatchSampler(DistributedSampler):
     batches; the rest waits for another epoch's shuffle. Process r of W takes positions
     r, r + W, r + 2W, …, so its k-th batch of ``batch_size / W`` rows and the other processes'
     k-th batches together are exactly global batch k: one process, or W, see the same batches.
+    :attr:`start_batch` (set before iterating) skips the epoch's first global batches, to go on
+    from a state saved within an epoch.
 
     Parameters
     ----------
@@ -376,15 +388,17 @@ class GlobalBatchSampler(DistributedSampler):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.n_batches = len(self.indices) // batch_size
+        self.start_batch = 0
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.indices), generator=g).numpy()[: self.n_batches * self.batch_size]
+        order = order[self.start_batch * self.batch_size:]
         return iter(self.indices[order[self.rank::self.num_replicas]].tolist())
 
     def __len__(self) -> int:
-        return self.n_batches * self.batch_size // self.num_replicas
+        return (self.n_batches - self.start_batch) * self.batch_size // self.num_replicas
 
 
 def compute_input_stats(dataset: ShardDataset, indices: Sequence[int], n_images: int, seed: int) -> tuple[float, float]:

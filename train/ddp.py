@@ -15,11 +15,12 @@ updates to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 
 from xrais.parallel import torch_device
 
-__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_reduce_sum", "broadcast_object", "barrier",
+__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_reduce_sum", "all_reduce_max",
+           "broadcast_object", "barrier", "hold_out_dir",
            "wrap_model",
            "convert_batchnorm", "CrossProcessBatchNorm2d", "pick_device"]
 
@@ -114,6 +116,15 @@ def all_reduce_sum(values: Tensor, info: DistInfo) -> Tensor:
     return values
 
 
+def all_reduce_max(value: int, info: DistInfo) -> int:
+    """The largest of every process's ``value`` (a small integer flag; unchanged for one process)."""
+    if not info.distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` (picklable) on every process, so that values computed on each rank agree bit for bit."""
     if not info.distributed:
@@ -121,6 +132,37 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def hold_out_dir(out: str | os.PathLike[str], info: DistInfo, command: str) -> Iterator[Any]:
+    """The output folder, checked and locked by rank 0; every rank raises the same error when it is refused.
+
+    Raises
+    ------
+    ConfigError
+        The folder is a file, lies under one, or cannot be written.
+    RunLockedError
+        Another live run holds it.
+    """
+    from xrais.errors import ConfigError, RunLockedError, XraisError
+    from xrais.runs import RunLock, check_out_dir
+
+    lock = RunLock(out, command)
+    refusal: tuple[str, str] | None = None
+    if info.is_main:
+        try:
+            check_out_dir(out, "--out")
+            lock.acquire()
+        except XraisError as exc:
+            refusal = (type(exc).__name__, str(exc))
+    refusal = broadcast_object(refusal, info)
+    if refusal is not None:
+        raise (RunLockedError if refusal[0] == "RunLockedError" else ConfigError)(refusal[1])
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def barrier(info: DistInfo) -> None:

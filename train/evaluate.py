@@ -191,6 +191,7 @@ def evaluate(
     batch_size: int = 16,
     device: str = "auto",
     workers: int = 0,
+    allow_outside_manifest: bool = False,
 ) -> Evaluation:
     """Score every quadrant of ``data`` with ``model`` and write tables and plots to ``out``.
 
@@ -207,6 +208,8 @@ def evaluate(
     device : {"auto", "cpu", "cuda"}
     workers : int
         DataLoader worker processes.
+    allow_outside_manifest : bool
+        Read shards that a manifest names outside its own folder.
 
     Returns
     -------
@@ -225,7 +228,7 @@ def evaluate(
     dev = pick_device(device)
     net = load_pretrained(model, device=dev)
     task = net.config.task
-    files = resolve_data(data)
+    files = resolve_data(data, allow_outside_manifest=allow_outside_manifest)
     table = scan_shards(files, task)
     dataset = ShardDataset(table)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,

@@ -37,6 +37,8 @@ import datetime as _dt
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -47,7 +49,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from xrais._version import __version__
-from xrais.errors import ConfigError, DatasetError
+from xrais.errors import ConfigError, DatasetError, RunInterrupted
 from xrais.parallel import torch_device
 from xrais.models.variational.integrator import (
     IntegratorConfig,
@@ -121,6 +123,8 @@ def train_integrator(
     train_config: IntegrateTrainConfig | None = None,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    state_path: str | Path | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[VariationalIntegrator, list[dict[str, float]]]:
     """Fit an integrator to shoeboxes by maximising the ELBO (amortised over all of them).
 
@@ -133,10 +137,26 @@ def train_integrator(
     train_config : IntegrateTrainConfig, optional
     on_epoch : callable, optional
         Called with (epoch, metrics) after each epoch.
+    state_path : str or Path, optional
+        The training state (weights, optimiser, random generators, history) is written here
+        after every epoch; when the file exists (a stopped or killed training of the same data
+        and configs) training goes on from it, to the same weights as a run never stopped.
+    stop : threading.Event, optional
+        When set, training ends after the current epoch (its state saved) and
+        :class:`~xrais.errors.RunInterrupted` is raised.
 
     Returns
     -------
     (model in eval mode on the CPU, one dict of mean loss terms and timing per epoch)
+
+    Raises
+    ------
+    DatasetError
+        No usable shoebox.
+    ConfigError
+        ``state_path`` holds the training state of other data or configs.
+    RunInterrupted
+        ``stop`` was set.
 
     Notes
     -----
@@ -159,7 +179,11 @@ def train_integrator(
         model = build_integrator(cfg).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
         order_rng = np.random.default_rng([tc.seed & 0xFFFFFFFF, 0x1A7E])
-        for epoch in range(tc.epochs):
+        key = _training_key(shoeboxes, rows, cfg, tc)
+        first_epoch = 0
+        if state_path is not None and Path(state_path).exists():
+            first_epoch, history = _resume_training(Path(state_path), key, model, optimizer, order_rng, device)
+        for epoch in range(first_epoch, tc.epochs):
             t0 = time.perf_counter()
             model.train()
             perm = rows[order_rng.permutation(len(rows))]
@@ -179,12 +203,71 @@ def train_integrator(
             metrics["seconds"] = time.perf_counter() - t0
             metrics["shoeboxes_per_s"] = n_seen / max(metrics["seconds"], 1e-9)
             history.append(metrics)
+            if state_path is not None:
+                _save_training(Path(state_path), key, epoch + 1, model, optimizer, order_rng, history, device)
             if on_epoch:
                 on_epoch(epoch, metrics)
+            if stop is not None and stop.is_set() and epoch + 1 < tc.epochs:
+                raise RunInterrupted(getattr(stop, "signum", None) or signal.SIGTERM,
+                                     f"integrator training stopped after epoch {epoch + 1} of {tc.epochs}"
+                                     + (f" (state in {state_path})" if state_path is not None else ""))
     model = model.cpu().eval()
     provenance = {"epochs": tc.epochs, "train_config": tc.model_dump(), "n_train": int(len(rows)), "history": history}
     model.provenance = provenance  # type: ignore[attr-defined]
     return model, history
+
+
+TRAINING_STATE_FORMAT = "xrais-integrator-training-1"
+
+
+def _training_key(shoeboxes: ShoeboxSet, rows: np.ndarray, cfg: IntegratorConfig, tc: IntegrateTrainConfig) -> str:
+    """A digest of the data and both configs (not the device): a state fits only the same training."""
+    import hashlib
+
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h.update(tc.model_dump_json(exclude={"device"}).encode())
+    h.update(np.ascontiguousarray(rows).tobytes())
+    for array in (shoeboxes.counts, shoeboxes.mask):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _save_training(path: Path, key: str, epochs_done: int, model: VariationalIntegrator,
+                   optimizer: torch.optim.Optimizer, order_rng: np.random.Generator,
+                   history: list[dict[str, float]], device: torch.device) -> None:
+    from xrais.models.checkpoint import save_torch_state
+
+    state = {"format": TRAINING_STATE_FORMAT, "key": key, "epochs_done": int(epochs_done),
+             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+             "order_rng": json.dumps(order_rng.bit_generator.state), "history": json.dumps(history)}
+    save_torch_state(state, path)
+
+
+def _resume_training(path: Path, key: str, model: VariationalIntegrator, optimizer: torch.optim.Optimizer,
+                     order_rng: np.random.Generator, device: torch.device) -> tuple[int, list[dict[str, float]]]:
+    """Load a saved training state; (epochs done, history)."""
+    from xrais.errors import CheckpointError
+    from xrais.models.checkpoint import load_run_state
+
+    state = load_run_state(path, "an integrator training state", TRAINING_STATE_FORMAT, key,
+                           other_run="the training state of other shoeboxes or options; remove it to start over, "
+                                     "or train on the same files with the same options")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        order_rng.bit_generator.state = json.loads(state["order_rng"])
+        history = json.loads(state["history"])
+        epochs_done = int(state["epochs_done"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: integrator training state with missing or invalid fields "
+                              f"({type(exc).__name__})") from None
+    log.info("%s: resuming integrator training after epoch %d", path, epochs_done)
+    return epochs_done, history
 
 
 def integrate_shoeboxes(model: VariationalIntegrator, shoeboxes: ShoeboxSet, *, batch_size: int = 1024,
@@ -364,10 +447,12 @@ def write_reflections_hdf5(path: str | Path, table: pd.DataFrame, *, cell: Seque
 def write_reflections_mtz(path: str | Path, table: pd.DataFrame, *, cell: Sequence[float], space_group: str,
                           wavelength_A: float | None = None, title: str = "xrais variational integration") -> Path:
     """The reflection table as an unmerged MTZ (gemmi): H, K, L in the asymmetric unit with M/ISYM,
-    BATCH, then every other numeric column (I, SIGI: type J, Q; BATCH: B; the rest R)."""
+    BATCH, then every other numeric column (I, SIGI: type J, Q; BATCH: B; the rest R), and one
+    batch header per BATCH (cell, wavelength, dataset, spindle range of its reflections; see
+    :func:`~xrais.models.variational.wilson.make_mtz_batch`)."""
     import gemmi
 
-    from xrais.models.variational.wilson import reduce_to_asu_array
+    from xrais.models.variational.wilson import make_mtz_batch, reduce_to_asu_array
 
     path = Path(path)
     sg = gemmi.SpaceGroup(space_group)
@@ -392,6 +477,14 @@ def write_reflections_mtz(path: str | Path, table: pd.DataFrame, *, cell: Sequen
         mtz.add_column(name, _MTZ_TYPES.get(name, "Q" if name.startswith("SIG") else "R"))
         data.append(table[name].to_numpy(np.float32)[:, None])
     mtz.set_data(np.ascontiguousarray(np.hstack(data)))
+    batch = table["BATCH"].to_numpy(np.int64)
+    rot = table["ROT"].to_numpy(np.float64) if "ROT" in table else None
+    for number in np.unique(batch):
+        rows = batch == number
+        wavelength = float(np.median(table["WAVELENGTH"].to_numpy()[rows])) if "WAVELENGTH" in table else ds.wavelength
+        phi = (float(rot[rows].min()), float(rot[rows].max())) if rot is not None else None
+        mtz.batches.append(make_mtz_batch(int(number), mtz.cell, wavelength, dataset_id=ds.id, phi_range_deg=phi,
+                                          title=f"image {int(number) - 1}"))
     tmp = _atomic(path)
     try:
         mtz.write_to_file(str(tmp))

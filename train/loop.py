@@ -5,18 +5,26 @@ the epochs: SGD over whole global batches (:class:`~xrais.train.data.GlobalBatch
 validation on the held-out images, then, on rank 0, ``last.safetensors`` (every epoch),
 ``best.safetensors`` (lowest held-out loss; training loss without held-out images), the
 training state ``state/last.pt``, ``metrics.csv``, ``training.png`` and TensorBoard scalars.
-Run again with the same arguments after a kill, it goes on from the epoch after the last
-saved one and ends with the same weights as a run never stopped.
+
+Stopping and resuming: the training state is also saved within an epoch, every
+``checkpoint_every_s`` seconds and when a stop is asked (SIGTERM/SIGINT through a
+:class:`~xrais.runs.StopRequest`: the current batch is finished, the state saved, and
+:func:`train` returns with ``stopped_at`` set). Under torchrun the processes agree on both
+(an all-reduce of the request every few batches), so they save and stop after the same batch.
+Run again with the same arguments after a kill or a stop, it goes on from the last saved
+batch and ends with the same weights as a run never stopped. One run at a time holds the
+output folder (:class:`~xrais.runs.RunLock`, taken by rank 0).
 
 Randomness: initial weights from ``seed``; data order from ``seed + epoch``; augmentation
-from ``(seed, epoch, row)``; dropout from a generator seeded by ``(seed, epoch, rank)`` at the
-start of each epoch, inside :func:`torch.random.fork_rng` so the caller's global state is
-left alone. Each epoch is thus fixed by the seed, whether the run was resumed or not.
+from ``(seed, epoch, row)``; dropout from a generator seeded by ``(seed, epoch, rank, batch)``
+before each batch, inside :func:`torch.random.fork_rng` so the caller's global state is left
+alone. Each batch is thus fixed by the seed, whether the run was resumed or not.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xrais.errors import CheckpointError, ConfigError, DatasetError
+from xrais.runs import FlushSchedule, StopRequest
 from xrais.train.config import TrainConfig
-from xrais.train.data import (DataTable, GlobalBatchSampler, ShardDataset, compute_input_stats, resolve_data,
+from xrais.train.data import (GlobalBatchSampler, ShardDataset, compute_input_stats, resolve_data,
                               scan_shards, split_by_image)
-from xrais.train.ddp import (DistInfo, all_reduce_sum, barrier, broadcast_object, convert_batchnorm,
-                             setup_distributed, teardown_distributed, wrap_model)
+from xrais.train.ddp import (DistInfo, all_reduce_max, all_reduce_sum, barrier, broadcast_object, convert_batchnorm,
+                             hold_out_dir, setup_distributed, teardown_distributed, wrap_model)
 from xrais.train.metrics import METRIC_COLUMNS, TensorBoardLog, count_correct, plot_history, write_metrics_csv
+from xrais.train.output_init import INITIAL_SPREAD, initialise_outputs
 from xrais.train.state import (capture_rng, check_resume, load_training_state, restore_rng, save_training_state,
                                state_path)
 
@@ -42,7 +52,13 @@ __all__ = ["train", "Trainer", "TrainResult", "initialise_outputs", "INITIAL_SPR
 
 @dataclass
 class TrainResult:
-    """What a call of :func:`train` did (the same on every rank)."""
+    """What a call of :func:`train` did (the same on every rank).
+
+    ``stopped_at`` is ``(epoch, batches)`` when a stop request ended the run early: the state
+    saved in ``OUT/state/last.pt`` holds ``batches`` batches of epoch ``epoch`` (1-based; 0
+    batches: the stop came at the end of the epoch before). ``start_batch`` is the batch the
+    run started from within epoch ``start_epoch + 1`` (0: its beginning).
+    """
 
     out_dir: Path
     epochs_done: int
@@ -51,84 +67,35 @@ class TrainResult:
     best_value: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     world_size: int = 1
+    start_batch: int = 0
+    stopped_at: tuple[int, int] | None = None
 
 
-#: Initial spread of a regression output as a fraction of its labels' spread (see :func:`initialise_outputs`).
-INITIAL_SPREAD = 0.1
+def _batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _label_values(task: str, table: DataTable, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Training labels in the units of each output layer's raw output, by layer name."""
-    from xrais.models import inv_resolution_to_radius
-
-    t = table.target[rows].astype(np.float64)
-    if task == "resolution":  # FC2 gives a radius in pooled pixels: D·tan(2·asin(λ/2d))/p
-        main = inv_resolution_to_radius(torch.from_numpy(t), torch.from_numpy(table.geometry[rows]).double()).numpy()
-    else:
-        main = t
-    values = {"fc2": main}
-    values.update({f"heads.{name}": table.heads[rows, j].astype(np.float64) for j, name in enumerate(table.head_names)})
-    return values
+def _quiet_worker(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops the run in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-@torch.no_grad()
-def initialise_outputs(model: torch.nn.Module, dataset: ShardDataset, rows: np.ndarray, task: str,
-                       seed: int, n_images: int = 16) -> dict[str, dict[str, float]]:
-    """Start each output layer at its training labels (in place): a data-dependent initialisation.
-
-    Regression outputs (the resolution model's FC2, whose output is a radius in pooled pixels,
-    and every extra head): the bias becomes the labels' median and the weights are scaled so
-    that, over ``n_images`` training images, the output spreads by :data:`INITIAL_SPREAD` of
-    the labels' standard deviation. Without this a fresh network's output varies by ~0.03 px
-    where the labels vary by ~150 px, and SGD at Table 2's learning rates hardly moves it.
-    The optimiser gives such a layer the learning rate × s² (see ``Trainer._parameter_groups``),
-    as if its output were written in units of s. The multi-lattice logit starts at the log-odds
-    of the multi-lattice fraction.
-    The BatchNorm running statistics are left as they were.
-
-    Returns
-    -------
-    dict
-        ``{layer: {"bias": b, "weight_scale": s}}``.
-    """
-    labels = _label_values(task, dataset.table, rows)
-    sample = np.sort(np.random.default_rng(seed).choice(rows, size=min(n_images, len(rows)), replace=False))
-    images = torch.stack([torch.from_numpy(dataset.read_image(int(i))) for i in sample])[:, None].float()
-    dataset.close()
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        features = model.features(images)
-    for name, value in buffers.items():
-        model.get_buffer(name).copy_(value)
-    model.train(was_training)
-    record: dict[str, dict[str, float]] = {}
-    for name, y in labels.items():
-        layer = model.get_submodule(name)
-        if name == "fc2" and task == "multilattice":
-            p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-            layer.bias.fill_(math.log(p / (1 - p)))
-            record[name] = {"bias": float(layer.bias), "weight_scale": 1.0}
-            continue
-        spread = float((features @ layer.weight.T)[:, 0].std()) if len(sample) > 1 else 0.0
-        scale = INITIAL_SPREAD * float(np.std(y)) / spread if spread > 0 and np.std(y) > 0 else 1.0
-        layer.weight.mul_(scale)
-        layer.bias.fill_(float(np.median(y)))
-        record[name] = {"bias": float(layer.bias), "weight_scale": scale}
-    return record
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+#: Batches between the processes' agreement on stopping or saving under torchrun (one process: every batch).
+POLL_BATCHES = 4
+_GO_ON, _SAVE, _STOP = 0, 1, 2
 
 
 class Trainer:
-    """Data, model, optimiser and state of one run; :meth:`fit` runs the remaining epochs."""
+    """Data, model, optimiser and state of one run; :meth:`fit` runs the remaining epochs.
 
-    def __init__(self, config: TrainConfig, info: DistInfo) -> None:
+    ``stop``: a :class:`~xrais.runs.StopRequest` (or any :class:`threading.Event`) that, once
+    set, ends the run after the current batch with the state saved.
+    """
+
+    def __init__(self, config: TrainConfig, info: DistInfo, stop: Any = None) -> None:
         self.config, self.info = config, info
+        self.stop = stop
         self.out = config.out_dir
         self.state_file = state_path(self.out)
         self.cuda = info.device.type == "cuda"
@@ -150,7 +117,7 @@ class Trainer:
         if cfg.batch_size % info.world_size:
             raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must be a multiple of the "
                               f"{info.world_size} processes")
-        self.files = resolve_data(cfg.data)
+        self.files = resolve_data(cfg.data, allow_outside_manifest=cfg.allow_outside_manifest)
         self.table = scan_shards(self.files, cfg.task, cfg.heads)
         self.train_rows, self.val_rows = split_by_image(self.table, cfg.val_fraction, cfg.seed)
         if len(self.train_rows) < cfg.batch_size:
@@ -233,6 +200,9 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": None, "value": None}
         self.resumed_at: list[int] = []
         self.start_epoch = 0
+        self.start_batch = 0
+        self.partial_sums: list[float] = [0.0, 0.0, 0.0]
+        self.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         if state is None:
             return
         self.optimizer.load_state_dict(state["optimizer"])
@@ -243,6 +213,12 @@ class Trainer:
         restore_rng(state["rng"], self.info.device)
         self.history, self.best = state["history"], state["best"]
         self.start_epoch = int(state["epoch"])
+        self.start_batch = int(state.get("batch", 0))
+        if not 0 <= self.start_batch < self.sampler.n_batches:
+            raise CheckpointError(f"{self.state_file}: saved within epoch {self.start_epoch + 1} after batch "
+                                  f"{self.start_batch}, but an epoch has {self.sampler.n_batches} batches")
+        self.partial_sums = [float(v) for v in state.get("partial_sums") or [0.0, 0.0, 0.0]]
+        self.epoch_lr = float(state.get("epoch_lr") or self.optimizer.param_groups[0]["lr"])
         self.resumed_at = list(state["resumed_at"]) + ([self.start_epoch] if self.start_epoch < cfg.epochs else [])
 
     # -- one batch ---------------------------------------------------------------------------------
@@ -270,19 +246,55 @@ class Trainer:
                 batch["heads"].to(dev, non_blocking=nb))
 
     def _loader(self, sampler: Any) -> torch.utils.data.DataLoader:
+        workers = self.config.workers
         return torch.utils.data.DataLoader(
             self.dataset, batch_size=self.config.batch_size // self.info.world_size, sampler=sampler,
-            num_workers=self.config.workers, pin_memory=self.cuda, generator=torch.Generator().manual_seed(0))
+            num_workers=workers, pin_memory=self.cuda, generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_quiet_worker if workers else None)
+
+    # -- stopping and saving within an epoch -------------------------------------------------------
+    def _poll(self, batch: int, last: bool) -> int:
+        """What to do after this batch: go on, save the state, or save and stop (the same on every rank)."""
+        if self.info.distributed and (batch + 1) % POLL_BATCHES and not last:
+            return _GO_ON
+        stop = self.stop is not None and self.stop.is_set()
+        due = not last and self.checkpoints.add(1)  # the end of an epoch saves anyway
+        want = _STOP if stop else (_SAVE if due else _GO_ON)
+        return all_reduce_max(want, self.info) if self.info.distributed else want
+
+    def _save_within_epoch(self, epoch: int, batches: int, sums: Tensor) -> None:
+        """The state after ``batches`` batches of epoch ``epoch`` (0-based), metrics so far included."""
+        total = all_reduce_sum(sums, self.info)
+        if self.info.is_main:
+            self._save_state(epoch, batch=batches, partial_sums=[float(v) for v in total], epoch_lr=self.epoch_lr)
+        barrier(self.info)
+        self.checkpoints.flushed()
+
+    def _save_state(self, epochs_done: int, batch: int = 0, partial_sums: list[float] | None = None,
+                    epoch_lr: float | None = None) -> None:
+        save_training_state(self.state_file, model=self.bare, optimizer=self.optimizer, scheduler=self.scheduler,
+                            scaler=self.scaler, epoch=epochs_done, config=self.config,
+                            model_config=self.model_config, data=self.data_info, history=self.history,
+                            best=self.best, resumed_at=self.resumed_at, rng=capture_rng(self.info.device),
+                            batch=batch, partial_sums=partial_sums, epoch_lr=epoch_lr)
 
     # -- one epoch ---------------------------------------------------------------------------------
-    def _run_epoch(self, epoch: int) -> dict[str, float]:
+    def _run_epoch(self, epoch: int, start_batch: int = 0,
+                   partial_sums: list[float] | None = None) -> dict[str, float] | None:
+        """Train one epoch from batch ``start_batch``; None when a stop ended it (its state is saved)."""
+        cfg, info = self.config, self.info
         self.dataset.epoch = epoch
         self.sampler.set_epoch(epoch)
+        self.sampler.start_batch = start_batch
         self.dataset.close()
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.info.device)
+        sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+        if partial_sums is not None and info.is_main:  # what the saved batches contributed (all ranks together)
+            sums += torch.tensor(partial_sums, dtype=torch.float64, device=info.device)
+        counted_before = partial_sums[2] if partial_sums is not None else 0.0
         t0 = time.perf_counter()
-        for batch in self._loader(self.sampler):
+        for b, batch in enumerate(self._loader(self.sampler), start=start_batch):
+            torch.manual_seed(_batch_seed(cfg.seed, epoch, info.rank, b))
             images, geometry, target, heads = self._to_device(batch)
             with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.model(images, geometry)
@@ -296,11 +308,19 @@ class Trainer:
                 self.scheduler.step()
             sums += torch.stack([loss.detach().sum().double(), count_correct(self.config.task, main, target).double(),
                                  torch.tensor(float(len(target)), dtype=torch.float64, device=self.info.device)])
+            action = self._poll(b, last=b + 1 == self.sampler.n_batches)
+            if action != _GO_ON and b + 1 < self.sampler.n_batches:
+                self._save_within_epoch(epoch, b + 1, sums)
+            if action == _STOP:
+                self.stopped_at = (epoch + 1, b + 1)
+                if b + 1 < self.sampler.n_batches:
+                    return None
         sums = all_reduce_sum(sums, self.info)
         seconds = time.perf_counter() - t0
         n = float(sums[2])
+        new = n - counted_before
         return {"train_loss": float(sums[0]) / n, "train_accuracy": float(sums[1]) / n,
-                "images_per_s": n / seconds if seconds > 0 else math.nan}
+                "images_per_s": new / seconds if seconds > 0 else math.nan}
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float | None]:
@@ -331,10 +351,7 @@ class Trainer:
         save_checkpoint(self.bare, self.out / "last.safetensors", **provenance)
         if improved:
             save_checkpoint(self.bare, self.out / "best.safetensors", **provenance)
-        save_training_state(self.state_file, model=self.bare, optimizer=self.optimizer, scheduler=self.scheduler,
-                            scaler=self.scaler, epoch=row["epoch"], config=self.config,
-                            model_config=self.model_config, data=self.data_info, history=self.history,
-                            best=self.best, resumed_at=self.resumed_at, rng=capture_rng(self.info.device))
+        self._save_state(row["epoch"])
         self._write_reports()
 
     def _write_reports(self) -> None:
@@ -351,13 +368,24 @@ class Trainer:
             self._write_reports()
         tb = TensorBoardLog(self.out / "tensorboard", purge_step=self.start_epoch + 1) if info.is_main else None
         fork = {"devices": [info.device.index], "device_type": "cuda"} if self.cuda else {"devices": []}
+        self.checkpoints = FlushSchedule(every_items=2**62, every_s=cfg.checkpoint_every_s)
+        self.stopped_at: tuple[int, int] | None = None
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
+                if epoch > self.start_epoch and self._stop_agreed():
+                    self.stopped_at = (epoch + 1, 0)
+                    break
                 t0 = time.perf_counter()
-                lr = self.optimizer.param_groups[0]["lr"]
+                first = epoch == self.start_epoch
+                resumed_within = first and self.start_batch > 0
+                lr = self.epoch_lr if resumed_within else self.optimizer.param_groups[0]["lr"]
+                self.epoch_lr = lr
                 with torch.random.fork_rng(**fork):
-                    torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
-                    row: dict[str, Any] = {"epoch": epoch + 1, **self._run_epoch(epoch)}
+                    done = self._run_epoch(epoch, self.start_batch if first else 0,
+                                           self.partial_sums if first and self.start_batch else None)
+                if done is None:
+                    break
+                row: dict[str, Any] = {"epoch": epoch + 1, **done}
                 row.update(self._validate())
                 row.update(lr=lr, seconds=time.perf_counter() - t0)
                 row = {k: row.get(k) for k in METRIC_COLUMNS}
@@ -371,18 +399,27 @@ class Trainer:
                     if tb is not None:
                         tb.log(row)
                 barrier(info)
+                self.checkpoints.flushed()
                 if on_epoch is not None:
                     on_epoch(row)
+            if len(self.history) >= cfg.epochs:  # a stop asked during the last batch came too late to matter
+                self.stopped_at = None
         finally:
             self.dataset.close()
             if tb is not None:
                 tb.close()
         return TrainResult(out_dir=self.out, epochs_done=len(self.history), start_epoch=self.start_epoch,
                            best_epoch=self.best["epoch"], best_value=self.best["value"], history=self.history,
-                           world_size=info.world_size)
+                           world_size=info.world_size, start_batch=self.start_batch, stopped_at=self.stopped_at)
+
+    def _stop_agreed(self) -> bool:
+        """True when any process was asked to stop (checked between epochs)."""
+        want = _STOP if self.stop is not None and self.stop.is_set() else _GO_ON
+        return (all_reduce_max(want, self.info) if self.info.distributed else want) == _STOP
 
 
-def train(config: TrainConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(config: TrainConfig, *, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          stop: StopRequest | Any = None) -> TrainResult:
     """Train a model as ``config`` says, in this process or as one rank of a torchrun job.
 
     Parameters
@@ -390,6 +427,9 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict[str, Any]], None] | N
     config : TrainConfig
     on_epoch : callable, optional
         Called on every rank with each epoch's metrics row (dict of :data:`METRIC_COLUMNS`).
+    stop : StopRequest or threading.Event, optional
+        Once set (e.g. by :func:`xrais.runs.stop_on_signals`), the run finishes the current
+        batch, saves its state and returns with ``stopped_at`` set; run again to resume.
 
     Returns
     -------
@@ -402,14 +442,18 @@ def train(config: TrainConfig, *, on_epoch: Callable[[dict[str, Any]], None] | N
     CheckpointError
         ``OUT/state/last.pt`` unreadable, or of another task or architecture.
     ConfigError
-        A resume whose settings or data differ from the saved run; an impossible setting.
+        A resume whose settings or data differ from the saved run; an impossible setting; an
+        output folder that is a file or cannot be written.
+    RunLockedError
+        Another live run holds the output folder.
     """
     import torch.distributed as dist
 
     joined = dist.is_available() and dist.is_initialized()
     info = setup_distributed(config.device)
     try:
-        return Trainer(config, info).fit(on_epoch)
+        with hold_out_dir(config.out_dir, info, "xrais train"):
+            return Trainer(config, info, stop=stop).fit(on_epoch)
     finally:
         if not joined:
             teardown_distributed()

@@ -7,6 +7,10 @@ strings). Keys::
     format          "xrais-train-state-1"
     xrais_version   str
     epoch           number of epochs completed
+    batch           batches of the next epoch completed (0: saved at the end of an epoch)
+    partial_sums    within an epoch: [loss sum, correct count, images] of its saved batches, all
+                    processes together, or None
+    epoch_lr        within an epoch: the learning rate it started with, or None
     model           state dict of the bare model (no DDP or compile prefixes)
     optimizer       SGD state dict (momentum buffers)
     scheduler       LR scheduler state dict, or None
@@ -20,7 +24,9 @@ strings). Keys::
     resumed_at      list of epochs at which the run was resumed
 
 It is written to a temporary file and renamed (``os.replace``), so a kill leaves the previous
-complete state. Only rank 0 writes it.
+complete state. Only rank 0 writes it. A state saved within an epoch (a stop request, or
+``checkpoint_every_s``) holds everything needed to go on from the next batch; states written
+before ``batch`` existed read as saved at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ def save_training_state(
     best: dict[str, Any],
     resumed_at: list[int],
     rng: dict[str, Any],
+    batch: int = 0,
+    partial_sums: list[float] | None = None,
+    epoch_lr: float | None = None,
 ) -> Path:
     """Write the training state atomically (see the module docstring for the keys).
 
@@ -88,6 +97,12 @@ def save_training_state(
         The bare model (unwrapped from DDP / compile).
     epoch : int
         Number of epochs completed.
+    batch : int
+        Batches of the next epoch completed (0 at the end of an epoch).
+    partial_sums : list of float, optional
+        Within an epoch: loss sum, correct count and images of its saved batches.
+    epoch_lr : float, optional
+        Within an epoch: its starting learning rate (the metrics row records it).
 
     Returns
     -------
@@ -98,6 +113,9 @@ def save_training_state(
         "format": STATE_FORMAT,
         "xrais_version": __version__,
         "epoch": int(epoch),
+        "batch": int(batch),
+        "partial_sums": [float(v) for v in partial_sums] if partial_sums is not None else None,
+        "epoch_lr": float(epoch_lr) if epoch_lr is not None else None,
         "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -140,11 +158,9 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     from xrais.models import ModelConfig
 
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: expected an xrais training state, could not read it "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    from xrais.models.checkpoint import load_torch_state
+
+    state = load_torch_state(path, "an xrais training state")  # weights_only=True, with our own messages
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt != STATE_FORMAT:
         raise CheckpointError(f"{path}: expected format {STATE_FORMAT!r}, found {fmt!r}")

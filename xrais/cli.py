@@ -16,15 +16,65 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from xrais._version import __version__
 from xrais.errors import XraisError
 from xrais.runs import EXIT_FAILED, EXIT_STATUS_HELP
 
-__all__ = ["app", "main", "console", "err_console", "state"]
+__all__ = ["app", "main", "console", "err_console", "state", "XraisGroup"]
+
+
+def _tidy_help(command: object) -> None:
+    """Make a command's help read as written: literal brackets, no value placeholder for flags.
+
+    Help texts are plain text: ``[default: …]`` written in a help string is shown as is, not
+    taken for Rich markup. Flags and counters (``--debug``, ``-v``) take no value, so they show
+    no ``<bool>``/``<int>`` placeholder; a repeatable option shows the type of one value.
+    """
+    if getattr(command, "_xrais_tidy", False):
+        return
+    command._xrais_tidy = True  # type: ignore[attr-defined]
+    if getattr(command, "help", None):
+        command.help = escape(command.help)  # type: ignore[attr-defined]
+    params = list(getattr(command, "params", ()))
+    try:  # the --help option is made (once) on first use; make it now so that it is tidied too
+        params.append(command.get_help_option(command.context_class(command)))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a command without one
+        pass
+    for param in params:
+        if param is None or getattr(param, "param_type_name", "") != "option":
+            continue
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+            continue
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is not None and getattr(descriptor, "is_list", False) and not getattr(descriptor, "is_choice",
+                                                                                            False):
+            args = getattr(descriptor.annotation, "__args__", ())
+            if len(args) == 1:
+                name = args[0].__name__ if isinstance(args[0], type) else str(args[0])
+                param.metavar = f"<{name.lower()}>"
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+
+
+class XraisGroup(TyperGroup):
+    """The ``xrais`` command group: every command's help shown as written (see :func:`_tidy_help`)."""
+
+    def __init__(self, **attrs: object) -> None:
+        super().__init__(**attrs)  # type: ignore[arg-type]
+        _tidy_help(self)
+
 
 app = typer.Typer(
     name="xrais",
+    cls=XraisGroup,
     help="X-ray AI from simulation: simulate, condition, train and infer on diffraction images.\n\n"
          + EXIT_STATUS_HELP,
     no_args_is_help=True,

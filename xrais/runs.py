@@ -121,7 +121,10 @@ def check_out_file(path: str | Path, option: str = "--out") -> Path:
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"{target}: {option} must be a file name, but it is a folder")
-    check_out_dir(target.parent if str(target.parent) else Path("."), option)
+    blocker = _first_file_above(target.parent)
+    if blocker is not None:
+        raise ConfigError(f"{target}: {option} cannot be written: it lies under {blocker}, which is a file")
+    check_out_dir(target.parent, option)
     return target
 
 
@@ -158,6 +161,9 @@ class RunLock:
     command : str
         What holds it, for the message a second run gets (``"xrais infer"``).
     comm : mpi4py communicator, optional
+    name : str, optional
+        The lock file's name; a run whose output is one file locks ``.FILE.xrais.lock`` beside
+        it, so other outputs in that folder stay free.
 
     Raises
     ------
@@ -172,9 +178,9 @@ class RunLock:
     '.xrais.lock'
     """
 
-    def __init__(self, folder: str | Path, command: str, comm: Any = None) -> None:
+    def __init__(self, folder: str | Path, command: str, comm: Any = None, name: str = LOCK_NAME) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self.command = command
         self.comm = comm
         self.held = False
@@ -209,7 +215,7 @@ class RunLock:
     def _try_acquire(self) -> str | None:
         """Take the lock; None when taken, else the message of the refusal."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        mine = self.folder / f".xrais.lock.{socket.gethostname()}.{os.getpid()}"
+        mine = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         mine.write_text(json.dumps(self._record()))
         try:
             for _ in range(3):

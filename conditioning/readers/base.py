@@ -11,14 +11,20 @@ from __future__ import annotations
 import abc
 import bz2
 import gzip
+import logging
 import lzma
 from pathlib import Path
 from typing import ClassVar, Iterator
 
-from xrais.conditioning.image import DiffractionImage
-from xrais.errors import CorruptImageError, FrameIndexError
+import numpy as np
 
-__all__ = ["ImageReader", "read_head", "open_maybe_compressed", "COMPRESSED_SUFFIXES"]
+from xrais.conditioning.image import DiffractionImage
+from xrais.errors import CorruptImageError, FrameIndexError, XraisError
+
+__all__ = ["ImageReader", "read_head", "open_maybe_compressed", "COMPRESSED_SUFFIXES", "exception_reason",
+           "named_error"]
+
+log = logging.getLogger(__name__)
 
 #: File suffixes decompressed transparently by :func:`open_maybe_compressed`.
 COMPRESSED_SUFFIXES = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -37,6 +43,45 @@ def read_head(path: Path, nbytes: int = 4096) -> bytes:
             return fh.read(nbytes)
     except (OSError, EOFError, ValueError, lzma.LZMAError):
         return b""
+
+
+def exception_reason(exc: BaseException) -> str:
+    """A readable reason for an exception a decoder raised, never an empty one.
+
+    Examples
+    --------
+    >>> exception_reason(AssertionError())
+    'AssertionError: the decoded data disagree with the header'
+    >>> exception_reason(EOFError("Compressed file ended before the end-of-stream marker was reached"))
+    'EOFError: Compressed file ended before the end-of-stream marker was reached'
+    """
+    text = " ".join(str(exc).split())
+    if not text or text in ("()", "None"):
+        text = {
+            "AssertionError": "the decoded data disagree with the header",
+            "EOFError": "the file ends early",
+            "MemoryError": "the header declares more pixels than fit in memory",
+            "IndexError": "the data end before the header's dimensions are filled",
+        }.get(type(exc).__name__, "no reason given")
+    return f"{type(exc).__name__}: {text}"
+
+
+def named_error(exc: Exception, path: Path) -> XraisError:
+    """``exc`` as an xrais error whose one-line message names ``path``.
+
+    An xrais error that already names the file is returned as it is; one that does not gets
+    the file name in front; any other exception (a decoder's own) becomes a
+    :class:`~xrais.errors.CorruptImageError` with its reason, its traceback kept in the debug log.
+    """
+    if isinstance(exc, XraisError):
+        if path.name in str(exc):
+            return exc
+        try:
+            return type(exc)(f"{path.name}: {exc}")
+        except TypeError:  # an error class with another signature
+            return CorruptImageError(f"{path.name}: {exc}")
+    log.debug("%s: decoder failure", path, exc_info=exc)
+    return CorruptImageError(f"{path.name}: cannot be decoded (unexpected {exception_reason(exc)})")
 
 
 class ImageReader(abc.ABC):
@@ -76,14 +121,21 @@ class ImageReader(abc.ABC):
         FrameIndexError
             If ``index`` is outside ``0 … n_frames − 1``.
         CorruptImageError
-            If the data cannot be decoded.
+            If the data cannot be decoded, or no pixel of a floating-point frame is finite.
         """
         n = self.n_frames
         if not isinstance(index, int) or not 0 <= index < n:
             raise FrameIndexError(
                 f"{self.path.name}: frame {index!r} out of range; the file has {n} frame(s) (0–{n - 1})"
             )
-        return self._read_frame(index)
+        try:
+            image = self._read_frame(index)
+        except Exception as exc:  # every failure is one line naming the file
+            raise named_error(exc, self.path) from None
+        pixels = image.pixels
+        if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).any():
+            raise CorruptImageError(f"{image.label}: every pixel is NaN or infinite; expected counts")
+        return image
 
     def frames(self) -> Iterator[DiffractionImage]:
         """Every frame in order, read one at a time (a stream)."""

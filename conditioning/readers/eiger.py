@@ -49,7 +49,8 @@ _core_file_ids = itertools.count()
 def h5_reason(exc: BaseException) -> str:
     """The first line of an h5py/HDF5 message, without the C call-stack prefixes."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.replace("Unable to synchronously open file ", "").replace("Unable to open file ", "")
+    text = text.replace("Unable to synchronously open file ", "").replace("Unable to open file ", "")
+    return text[1:-1] if text.startswith("(") and text.endswith(")") else text
 
 
 # --------------------------------------------------------------------------- bitshuffle chunks

@@ -7,22 +7,36 @@ geometry gives an image whose beam centre is unknown (NaN); conditioning then as
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from xrais.conditioning.image import DiffractionImage, trusted_mask
-from xrais.conditioning.readers.base import ImageReader, read_head
+from xrais.conditioning.readers.base import ImageReader, exception_reason, read_head
 from xrais.errors import CorruptImageError
 from xrais.geometry import Beam, Detector, catalog_entry_for_shape
 
-__all__ = ["FabioReader", "load_fabio"]
+__all__ = ["FabioReader", "load_fabio", "quiet_fabio", "exception_reason"]
 
 # Suffixes (after stripping .gz/.bz2) of the formats this generic reader claims.
 _SUFFIXES = {".mccd", ".mar3450", ".mar2300", ".mar2000", ".mar1200", ".mar1600", ".mar3000",
              ".edf", ".tif", ".tiff", ".rx", ".sfrm", ".kccd", ".osc"}
+
+
+@contextlib.contextmanager
+def quiet_fabio() -> Iterator[None]:
+    """Hold back fabio's own log records while it reads (a failure is reported once, by xrais)."""
+    logger = logging.getLogger("fabio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_fabio(path: Path, frame: int = 0) -> Any:
@@ -36,12 +50,13 @@ def load_fabio(path: Path, frame: int = 0) -> Any:
     import fabio
 
     try:
-        img = fabio.open(str(path))
-        if frame:
-            img = img.getframe(frame)
-        data = img.data
+        with quiet_fabio():
+            img = fabio.open(str(path))
+            if frame:
+                img = img.getframe(frame)
+            data = img.data
     except Exception as exc:  # fabio raises many types for truncated or corrupt files
-        raise CorruptImageError(f"{path.name}: cannot decode image data ({type(exc).__name__}: {exc})") from None
+        raise CorruptImageError(f"{path.name}: cannot decode image data ({exception_reason(exc)})") from None
     if data is None or np.ndim(data) != 2 or 0 in np.shape(data):
         raise CorruptImageError(f"{path.name}: expected a 2-D pixel array, fabio found {np.shape(data)}")
     return img

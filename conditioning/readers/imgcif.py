@@ -122,8 +122,13 @@ def _cbflib_call(path: Path, expected: str, fn: Callable[[], T]) -> T:
 
 def _load_handle(path: Path) -> Any:
     """A pycbf handle on the whole file (``.gz``/``.bz2``/``.xz`` decompressed first)."""
+    from xrais.conditioning.readers.cbf import cbf_binary_sections
+
     with open_maybe_compressed(path) as fh:
         data = fh.read()
+    if not cbf_binary_sections(path, data):  # sizes, checksums and element counts, with reasons CBFlib omits
+        raise CorruptImageError(f"{path.name}: no CBF binary section in its {len(data)} bytes; the file is "
+                                "truncated or not a CBF image")
     handle = pycbf.cbf_handle_struct()
     handle.read_buffer(data, pycbf.MSG_DIGEST)  # MSG_DIGEST: binary sections must match their MD5
     return handle
@@ -463,6 +468,10 @@ class ImgCIFReader(ImageReader):
             a = d.arrays.get(region.array_id)
             data = a[region.layer, region.slow, region.fast] if a is not None and region.layer < a.shape[0] else None
             expected = (region.slow.stop - region.slow.start, region.fast.stop - region.fast.start)
+            if a is not None and region.name == region.array_id and expected != a.shape[1:]:
+                raise CorruptImageError(
+                    f"{self.path.name}: _array_structure_list gives array {region.array_id} as {expected[1]}×"
+                    f"{expected[0]} px, its binary data hold {a.shape[2]}×{a.shape[1]}; the header is damaged")
             if data is None or data.shape != expected:
                 raise CorruptImageError(
                     f"{self.path.name}: expected panel {region.name} ({expected[1]}×{expected[0]} px) inside "

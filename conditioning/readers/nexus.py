@@ -365,14 +365,20 @@ def _header_facts(det: h5py.Group, specific: h5py.Group | None) -> dict[str, Any
 
 @dataclass
 class _Block:
-    """One dataset of frames: where it lives, how many frames, how its chunks are packed."""
+    """One dataset of frames: where it lives, how many frames, how its chunks are packed.
+
+    A block whose data file is missing or cannot be opened has no dataset; ``unreadable``
+    says why, and each of its frames is an error (the other files' frames are still served).
+    """
 
     file: Path
-    dataset: h5py.Dataset
+    dataset: h5py.Dataset | None
     n_frames: int
-    frame_shape: tuple[int, int]
+    frame_shape: tuple[int, int] | None
     bitshuffle_cname: str | None
     first_image_number: int | None
+    unreadable: str = ""
+    link: str = ""
 
 
 def _bitshuffle_frame_chunks(ds: h5py.Dataset, frame_shape: tuple[int, int]) -> str | None:
@@ -453,8 +459,15 @@ class NXmxReader(ImageReader):
                 f"{self.path.name}: not an NXmx file; expected /entry/data/data or /entry/data/data_000001"
             )
         self._blocks = [self._block(entry, name) for name in names]
+        bad = [b for b in self._blocks if b.unreadable]
+        if len(bad) == len(self._blocks):
+            first = bad[0]
+            raise CorruptImageError(
+                f"{self.path.name}: {first.link} links to {first.file.name}, which {first.unreadable}"
+                + (f" (and none of its other {len(bad) - 1} data files can be read either)" if len(bad) > 1 else ""))
+        self._size_unreadable_blocks(entry)
         self._starts = list(itertools.accumulate([0] + [b.n_frames for b in self._blocks]))
-        shapes = {b.frame_shape for b in self._blocks}
+        shapes = {b.frame_shape for b in self._blocks if not b.unreadable}
         if len(shapes) != 1:
             raise CorruptImageError(f"{self.path.name}: data files disagree on the frame shape: {sorted(shapes)}")
         (self._frame_shape,) = shapes
@@ -484,10 +497,15 @@ class NXmxReader(ImageReader):
             if not target.is_file() and (self.path.parent / target.name).is_file():
                 target = self.path.parent / target.name  # an absolute link into a moved folder
             if not target.is_file():
-                raise CorruptImageError(
-                    f"{self.path.name}: {group.name}/{name} links to {link.filename}, which does not exist"
-                )
-            obj = self._open(target).get(link.path)
+                return self._unreadable_block(target, f"{group.name}/{name}", "does not exist")
+            try:
+                obj = self._open(target).get(link.path)
+            except CorruptImageError as exc:
+                return self._unreadable_block(target, f"{group.name}/{name}",
+                                              str(exc).removeprefix(f"{target.name}: "))
+            except (KeyError, OSError, ValueError) as exc:
+                return self._unreadable_block(target, f"{group.name}/{name}",
+                                              f"has no readable {link.path} ({h5_reason(exc)})")
             where = f"{target.name}:{link.path}"
         else:
             target, where = self.path, f"{self.path.name}:{group.name}/{name}"
@@ -509,6 +527,45 @@ class NXmxReader(ImageReader):
             bitshuffle_cname=_bitshuffle_frame_chunks(obj, frame_shape),  # type: ignore[arg-type]
             first_image_number=int(np.asarray(first).reshape(-1)[0]) if first is not None else None,
         )
+
+    def _unreadable_block(self, target: Path, link: str, reason: str) -> _Block:
+        log.warning("%s: %s links to %s, which %s; its frames will be reported as errors",
+                    self.path.name, link, target.name, reason)
+        return _Block(file=target, dataset=None, n_frames=1, frame_shape=None, bitshuffle_cname=None,
+                      first_image_number=None, unreadable=reason, link=link)
+
+    def _size_unreadable_blocks(self, entry: h5py.Group) -> None:
+        """How many frames each unreadable data file held, as far as the master tells.
+
+        The next data file's first image number (``image_nr_low``, 1-based) gives it exactly;
+        else EIGER writes ``nimages_per_file`` frames to every data file but the last, and
+        ``nimages × ntrigger`` in all: a missing file in the middle holds as many frames as its
+        readable neighbours, and a single missing file the rest of the total. Without any of
+        these, a missing file counts as one frame (one error row).
+        """
+        last = len(self._blocks) - 1
+        full = [b.n_frames for i, b in enumerate(self._blocks) if not b.unreadable and i != last]
+        specific = entry.get("instrument/detector/detectorSpecific")
+        specific = specific if isinstance(specific, h5py.Group) else None
+        nimages, ntrigger = (_number(_dataset(specific, k)) for k in ("nimages", "ntrigger"))
+        total = int(nimages * (ntrigger or 1)) if nimages else None
+        bad = [i for i, b in enumerate(self._blocks) if b.unreadable]
+        present = sum(b.n_frames for b in self._blocks if not b.unreadable)
+        for i in bad:
+            prev = self._blocks[i - 1] if i else None
+            nxt = self._blocks[i + 1] if i < last else None
+            start = 1 if prev is None else (prev.first_image_number + prev.n_frames
+                                            if not prev.unreadable and prev.first_image_number is not None else None)
+            if (start is not None and nxt is not None and not nxt.unreadable
+                    and nxt.first_image_number is not None and nxt.first_image_number > start):
+                self._blocks[i].n_frames = nxt.first_image_number - start  # image numbers are 1-based
+            elif i != last and full:
+                self._blocks[i].n_frames = max(full)
+            elif total is not None and len(bad) == 1 and total > present:
+                self._blocks[i].n_frames = total - present
+        for b in self._blocks:
+            if b.unreadable:
+                b.frame_shape = next(x.frame_shape for x in self._blocks if not x.unreadable)
 
     def _read_geometry(self, entry: h5py.Group, *, is_data_file: bool) -> _Geometry:
         master = master_for_data_file(self.path) if is_data_file else None
@@ -533,7 +590,7 @@ class NXmxReader(ImageReader):
                 f"{self.path.name}: header says {g.n_pixels[0]}×{g.n_pixels[1]} pixels (fast×slow), "
                 f"the data hold {n_fast}×{n_slow}"
             )
-        dtype = self._blocks[0].dataset.dtype
+        dtype = next(b.dataset for b in self._blocks if b.dataset is not None).dtype
         self._undefined = undefined_pixel_value(dtype, g.bit_depth)
         trusted = eiger_trusted_range(dtype, undefined=self._undefined, count_cutoff=g.count_cutoff,
                                       saturation_value=g.saturation_value, underload_value=g.underload_value)
@@ -572,6 +629,9 @@ class NXmxReader(ImageReader):
     def _read_frame(self, index: int) -> DiffractionImage:
         k = bisect.bisect_right(self._starts, index) - 1
         block, local = self._blocks[k], index - self._starts[k]
+        if block.unreadable:
+            raise CorruptImageError(f"{self.path.name}: frame {index} lies in {block.file.name} "
+                                    f"(linked as {block.link}), which {block.unreadable}")
         pixels = self._read_pixels(block, local)
         mask = trusted_mask(pixels, self._detector.trusted_range,
                             undefined_values=() if self._undefined is None else (self._undefined,),

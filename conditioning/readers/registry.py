@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from xrais.conditioning.image import DiffractionImage
-from xrais.conditioning.readers.base import ImageReader
+from xrais.conditioning.readers.base import ImageReader, named_error
 from xrais.errors import CorruptImageError, UnknownFormatError
 
 __all__ = ["list_readers", "get_reader_class", "open_image", "read_image", "iter_frames"]
@@ -80,8 +80,18 @@ def get_reader_class(path: str | Path, hint: str | None = None) -> type[ImageRea
 
 
 def open_image(path: str | Path, hint: str | None = None) -> ImageReader:
-    """Open ``path`` with the reader that understands it (the only entry point stages use)."""
-    return get_reader_class(path, hint)(path)
+    """Open ``path`` with the reader that understands it (the only entry point stages use).
+
+    Raises
+    ------
+    XraisError
+        One line naming the file: it is missing, no reader understands it, or opening it failed.
+    """
+    reader = get_reader_class(path, hint)
+    try:
+        return reader(path)
+    except Exception as exc:  # a reader that reads headers on opening: its failure names the file
+        raise named_error(exc, Path(path)) from None
 
 
 def read_image(path: str | Path, frame: int | None = None, *, hint: str | None = None) -> DiffractionImage:

@@ -9,6 +9,7 @@ are used instead.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ def parse_smv_header(head: bytes) -> dict[str, str]:
     end = head.find(b"}")
     text = head[: end if end > 0 else len(head)].decode("ascii", "replace")
     return {k.strip(): v.strip() for k, v in re.findall(r"(\w+)\s*=\s*([^;]*);", text)}
+
+
+def _check_header_numbers(path: Path, header_bytes: int, n_fast: int, n_slow: int, px: float,
+                          distance: float, wavelength: float) -> None:
+    """Refuse header sizes and geometry no detector has, before any memory is taken for them."""
+    from xrais.conditioning.readers.cbf import MAX_PIXELS
+
+    if not 0 < header_bytes <= 1 << 20:
+        raise CorruptImageError(f"{path.name}: SMV HEADER_BYTES {header_bytes}; expected 1–{1 << 20}")
+    if n_fast < 1 or n_slow < 1 or n_fast * n_slow > MAX_PIXELS:
+        raise CorruptImageError(
+            f"{path.name}: SMV SIZE1×SIZE2 {n_fast}×{n_slow}; expected 1 to {MAX_PIXELS} pixels in all")
+    for key, value in (("PIXEL_SIZE", px), ("DISTANCE", distance), ("WAVELENGTH", wavelength)):
+        if not (math.isfinite(value) and value > 0):
+            raise CorruptImageError(f"{path.name}: SMV {key} {value}; expected a positive number")
 
 
 class SMVReader(ImageReader):
@@ -63,8 +79,11 @@ class SMVReader(ImageReader):
             bx_mm, by_mm = float(h["BEAM_CENTER_X"]), float(h["BEAM_CENTER_Y"])
             if h.get("BEAMLINE") == "fake" and "DENZO_X_BEAM" in h and "DENZO_Y_BEAM" in h:
                 bx_mm, by_mm = float(h["DENZO_X_BEAM"]), float(h["DENZO_Y_BEAM"])
-        except (KeyError, ValueError) as exc:
-            raise CorruptImageError(f"{self.path.name}: SMV header lacks or garbles {exc}") from None
+        except KeyError as exc:
+            raise CorruptImageError(f"{self.path.name}: SMV header lacks {exc}") from None
+        except ValueError as exc:
+            raise CorruptImageError(f"{self.path.name}: SMV header holds a garbled value ({exc})") from None
+        _check_header_numbers(self.path, header_bytes, n_fast, n_slow, px, distance, wavelength)
         order = ">" if h.get("BYTE_ORDER", "").lower().startswith("big") else "<"
         dtype = np.dtype(order + ("u4" if h.get("TYPE") == "unsigned_long" else "u2"))
         need = header_bytes + n_fast * n_slow * dtype.itemsize
@@ -72,6 +91,10 @@ class SMVReader(ImageReader):
             raise CorruptImageError(
                 f"{self.path.name}: truncated SMV file, expected {need} bytes for {n_fast}×{n_slow} pixels, got {len(raw)}"
             )
+        if len(raw) > need + header_bytes:  # more than a trailer: the sizes in the header are wrong
+            raise CorruptImageError(
+                f"{self.path.name}: SMV file holds {len(raw)} bytes, but its header (HEADER_BYTES {header_bytes}, "
+                f"SIZE1×SIZE2 {n_fast}×{n_slow} of {dtype.itemsize} bytes) accounts for {need}")
         pixels = np.frombuffer(raw, dtype=dtype, count=n_fast * n_slow, offset=header_bytes)
         pixels = pixels.reshape(n_slow, n_fast).astype(dtype.newbyteorder("="))
         saturation = float(h.get("CCD_IMAGE_SATURATION", 65535))

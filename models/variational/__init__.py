@@ -12,32 +12,46 @@ Baselines for comparison (summation with a local background plane, profile fitti
 learned average profile): :mod:`xrais.models.variational.baselines`.
 """
 
-from xrais.models.variational.integrator import (
-    INTEGRATOR_FORMAT,
-    CNNEncoder,
-    FCEncoder,
-    IntegratorConfig,
-    IntegratorOutput,
-    ShoeboxBatch,
-    VariationalIntegrator,
-    build_integrator,
-    load_integrator,
-    save_integrator,
-)
+from typing import TYPE_CHECKING
+
+from xrais._lazy import lazy_package
 
 __all__ = ["INTEGRATOR_FORMAT", "CNNEncoder", "FCEncoder", "IntegratorConfig", "IntegratorOutput", "ShoeboxBatch",
            "VariationalIntegrator", "build_integrator", "load_integrator", "save_integrator"]
-
-# The variational scaler (online merging) and its Wilson priors.
-from xrais.models.variational.scaler import (  # noqa: E402
-    ReflectionBatch,
-    ScalerConfig,
-    ScalerTrainer,
-    SurrogatePosterior,
-    VariationalScaler,
-    build_scaler,
-)
-from xrais.models.variational.wilson import UniqueReflections, WilsonPrior, fit_wilson_shells  # noqa: E402
-
 __all__ += ["ReflectionBatch", "ScalerConfig", "ScalerTrainer", "SurrogatePosterior", "VariationalScaler",
             "build_scaler", "UniqueReflections", "WilsonPrior", "fit_wilson_shells"]
+
+# Names are imported from their modules on first use (xrais._lazy): importing the package stays cheap.
+lazy_package(__name__, {
+    "xrais.models.variational.integrator": (
+        "INTEGRATOR_FORMAT", "CNNEncoder", "FCEncoder", "IntegratorConfig", "IntegratorOutput", "ShoeboxBatch",
+        "VariationalIntegrator", "build_integrator", "load_integrator", "save_integrator",
+    ),
+    "xrais.models.variational.scaler": (
+        "ReflectionBatch", "ScalerConfig", "ScalerTrainer", "SurrogatePosterior", "VariationalScaler", "build_scaler",
+    ),
+    "xrais.models.variational.wilson": ("UniqueReflections", "WilsonPrior", "fit_wilson_shells"),
+})
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at once
+    from xrais.models.variational.integrator import (
+        INTEGRATOR_FORMAT,
+        CNNEncoder,
+        FCEncoder,
+        IntegratorConfig,
+        IntegratorOutput,
+        ShoeboxBatch,
+        VariationalIntegrator,
+        build_integrator,
+        load_integrator,
+        save_integrator,
+    )
+    from xrais.models.variational.scaler import (
+        ReflectionBatch,
+        ScalerConfig,
+        ScalerTrainer,
+        SurrogatePosterior,
+        VariationalScaler,
+        build_scaler,
+    )
+    from xrais.models.variational.wilson import UniqueReflections, WilsonPrior, fit_wilson_shells

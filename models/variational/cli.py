@@ -1,4 +1,11 @@
-"""``xrais integrate``: train the variational integrator on shoeboxes and/or integrate them."""
+"""``xrais integrate``: train the variational integrator on shoeboxes and/or integrate them.
+
+A long run (:mod:`xrais.runs`): ``--model`` (with ``--train``) and ``--out`` are checked first
+and locked (``.NAME.xrais.lock`` beside each); training writes ``MODEL.train-state.pt`` after
+every epoch, SIGTERM or SIGINT stops it after the current epoch (exit 128 + N), and the same
+command started again goes on from there to the same weights. The state file is removed once
+the model is saved.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,12 @@ from typing import List, Optional
 
 import typer
 
-__all__ = ["register", "integrate", "output_paths"]
+__all__ = ["register", "integrate", "output_paths", "training_state_path"]
+
+
+def training_state_path(model: Path) -> Path:
+    """Where ``--train`` keeps its state while it runs: ``MODEL.train-state.pt`` beside the model."""
+    return model.with_name(model.name + ".train-state.pt")
 
 
 def output_paths(out: Path) -> tuple[Path, Path]:
@@ -47,6 +59,31 @@ def integrate(
     Shoeboxes with NaN or negative counts, no measured voxel or the wrong shape are reported
     and left out.
     """
+    from contextlib import ExitStack
+
+    from xrais.errors import ConfigError
+    from xrais.runs import RunLock, check_out_file, stop_on_signals
+
+    if out is None and not train:
+        raise ConfigError("xrais integrate: give --out NAME for the reflection table (or --train to only train)")
+    with ExitStack() as held:
+        if train:
+            check_out_file(model, "--model")
+            held.enter_context(RunLock(model.parent, "xrais integrate --train", name=f".{model.name}.xrais.lock"))
+        if out is not None:
+            for path in output_paths(out):
+                check_out_file(path)
+            h5 = output_paths(out)[0]
+            held.enter_context(RunLock(h5.parent, "xrais integrate", name=f".{h5.name}.xrais.lock"))
+        stop = held.enter_context(stop_on_signals())
+        _integrate(shoeboxes, model, out, train, epochs, batch_size, lr, encoder, profile, surrogate, kl_weight,
+                   kl_mode, seed, device, baselines, plot, cell, space_group, stop)
+
+
+def _integrate(shoeboxes: List[Path], model: Path, out: Optional[Path], train: bool, epochs: int, batch_size: int,
+               lr: float, encoder: str, profile: str, surrogate: str, kl_weight: float, kl_mode: str, seed: int,
+               device: str, baselines: bool, plot: Optional[Path], cell: Optional[str], space_group: Optional[str],
+               stop: object) -> None:
     from xrais.cli import console, err_console
     from xrais.errors import ConfigError
     from xrais.models.variational.integrator import IntegratorConfig, load_integrator, save_integrator
@@ -79,14 +116,16 @@ def integrate(
                           f"KL(I) {m['kl_intensity']:.2f}, KL(bg) {m['kl_background']:.2f}, "
                           f"{m['shoeboxes_per_s']:.0f} shoeboxes/s")
 
-        net, _ = train_integrator(data, mcfg, tcfg, on_epoch=report)
+        state = training_state_path(model)
+        if state.exists():
+            console.print(f"resuming the training saved in {state}")
+        net, _ = train_integrator(data, mcfg, tcfg, on_epoch=report, state_path=state, stop=stop)
         save_integrator(net, model, **net.provenance, data=[str(p) for p in shoeboxes])  # type: ignore[attr-defined]
+        state.unlink(missing_ok=True)
         console.print(f"wrote {model}")
     else:
         net = load_integrator(model)
     if out is None:
-        if not train:
-            raise ConfigError("xrais integrate: give --out NAME for the reflection table (or --train to only train)")
         return
     table, rejected = integrate_shoeboxes(net, data, device=device)
     for row, reason in rejected[:10]:

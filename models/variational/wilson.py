@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import gemmi
 import numpy as np
@@ -52,6 +52,7 @@ __all__ = [
     "compute_epsilon_array",
     "fit_wilson_shells",
     "make_space_group",
+    "make_mtz_batch",
 ]
 
 _TINY = 1e-12
@@ -113,6 +114,47 @@ def compute_epsilon_array(hkl: Any, space_group: gemmi.SpaceGroup | str | int) -
     """
     ops = make_space_group(space_group).operations()
     return np.asarray(ops.epsilon_factor_without_centering_array(_hkl_array(hkl)), dtype=np.int32)
+
+
+def make_mtz_batch(number: int, cell: gemmi.UnitCell | Sequence[float], wavelength_A: float, *,
+                   dataset_id: int = 1, phi_range_deg: tuple[float, float] | None = None,
+                   title: str = "") -> gemmi.Mtz.Batch:
+    """An MTZ batch header (orientation block) for one image, as DIALS and aimless expect.
+
+    Sets the batch number, cell, wavelength and dataset, one crystal, a 3-D data type, one
+    goniostat axis along x (the scan axis) with laboratory axes as e1, e2, e3, the beam
+    (lab frame of :mod:`xrais.geometry`: along −z), an identity orientation matrix (the
+    orientation is not known per batch) and, when given, the spindle range (start, end) in
+    degrees.
+
+    Examples
+    --------
+    >>> b = make_mtz_batch(3, (79.1, 79.1, 38.0, 90, 90, 90), 0.98, phi_range_deg=(1.0, 1.5))
+    >>> b.number, round(b.wavelength, 3), round(b.cell.a, 1), list(b.floats)[36:38]
+    (3, 0.98, 79.1, [1.0, 1.5])
+    """
+    uc = cell if isinstance(cell, gemmi.UnitCell) else gemmi.UnitCell(*[float(v) for v in cell])
+    b = gemmi.Mtz.Batch()
+    b.number = int(number)
+    b.title = title or f"batch {int(number)}"
+    b.dataset_id = int(dataset_id)
+    b.cell = uc
+    b.wavelength = float(wavelength_A)
+    b.axes = ["PHI"]
+    for index, value in ((12, 1), (14, 3), (17, 1), (19, 1)):   # ncryst, ldtype (3-D), ngonax, ndet
+        b.ints[index] = value
+    floats = {**dict(enumerate([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], start=6)),     # umat
+              **dict(enumerate([1.0, 0.0, 0.0], start=38)),                                    # scanax
+              **dict(enumerate([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], start=59)),    # e1, e2, e3
+              **dict(enumerate([0.0, 0.0, 1.0], start=80)),          # source: sample → source (beam along −z)
+              **dict(enumerate([0.0, 0.0, -1.0 / float(wavelength_A)] if wavelength_A > 0 else [0.0, 0.0, 0.0],
+                               start=83))}                                               # so: s0, Å⁻¹
+    if phi_range_deg is not None:
+        floats.update({36: float(phi_range_deg[0]), 37: float(phi_range_deg[1]),           # phistt, phiend
+                       47: float(phi_range_deg[1] - phi_range_deg[0])})                     # phirange
+    for index, value in floats.items():
+        b.floats[index] = value
+    return b
 
 
 def reduce_to_asu_array(hkl: Any, space_group: gemmi.SpaceGroup | str | int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ also checked against CBFlib's own detector construction and against the CSPAD's 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,8 @@ def test_truncated_file_raises_corrupt_image_error(shared_data, tmp_path, capfd)
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptImageError, match="cut_rayonix.cbf") as err:
         ImgCIFReader(cut).read_frame(0)
-    assert "\n" not in str(err.value) and "expected" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert re.search(r"binary data truncated at byte \d+ of 2899552 \(X-Binary-Size\)", str(err.value))
     assert "CBFlib" not in capfd.readouterr().err  # CBFlib's own diagnostics go to the log
 
 
@@ -192,5 +194,5 @@ def test_damaged_binary_fails_its_checksum(shared_data, tmp_path):
     data[len(data) // 2] ^= 0xFF
     bad = tmp_path / "flipped.cbf"
     bad.write_bytes(bytes(data))
-    with pytest.raises(CorruptImageError, match="flipped.cbf"):
+    with pytest.raises(CorruptImageError, match=r"flipped\.cbf: binary data fail their Content-MD5 checksum"):
         ImgCIFReader(bad).read_frame(0)

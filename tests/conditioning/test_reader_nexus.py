@@ -253,14 +253,51 @@ def test_truncated_master(series):
         NXmxReader(bad)
 
 
-def test_missing_or_truncated_data_file(series):
+def test_missing_or_truncated_data_file_serves_the_other_frames(series):
     raw = series.data_files[1].read_bytes()
     series.data_files[1].write_bytes(raw[: len(raw) // 3])
-    with pytest.raises(CorruptImageError, match=r"series_data_000002\.h5: cannot open as HDF5"):
-        NXmxReader(series.master)
+    reader = NXmxReader(series.master)
+    assert reader.n_frames == 4  # 3 readable frames and one error frame for the damaged last file
+    np.testing.assert_array_equal(reader.read_frame(2).pixels, series.frames[2])
+    with pytest.raises(CorruptImageError, match=r"series_master\.h5: frame 3 lies in series_data_000002\.h5 "
+                                                r"\(linked as /entry/data/data_000002\), which cannot open as HDF5"):
+        reader.read_frame(3)
     series.data_files[1].unlink()
-    with pytest.raises(CorruptImageError, match=r"series_master\.h5: /entry/data/data_000002 links to "
-                                                r"series_data_000002\.h5, which does not exist"):
+    reader = NXmxReader(series.master)
+    np.testing.assert_array_equal(reader.read_frame(0).pixels, series.frames[0])
+    with pytest.raises(CorruptImageError, match=r"series_master\.h5: frame 3 lies in series_data_000002\.h5 "
+                                                r"\(linked as /entry/data/data_000002\), which does not exist"):
+        reader.read_frame(3)
+
+
+def test_missing_first_data_file_keeps_the_frame_numbers(series):
+    series.data_files[0].unlink()
+    reader = NXmxReader(series.master)
+    assert reader.n_frames == 5  # the second file's first image number is 4: the first held 3
+    for i in range(3):
+        with pytest.raises(CorruptImageError, match=rf"frame {i} lies in series_data_000001\.h5.*does not exist"):
+            reader.read_frame(i)
+    np.testing.assert_array_equal(reader.read_frame(3).pixels, series.frames[3])
+    np.testing.assert_array_equal(reader.read_frame(4).pixels, series.frames[4])
+
+
+def test_missing_last_data_file_sized_by_the_image_total(series):
+    with h5py.File(series.master, "r+") as f:
+        f["entry/instrument/detector/detectorSpecific/nimages"] = np.int32(5)
+        f["entry/instrument/detector/detectorSpecific/ntrigger"] = np.int32(1)
+    series.data_files[1].unlink()
+    reader = NXmxReader(series.master)
+    assert reader.n_frames == 5
+    with pytest.raises(CorruptImageError, match=r"frame 4 lies in series_data_000002\.h5"):
+        reader.read_frame(4)
+
+
+def test_every_data_file_missing_is_refused_whole(series):
+    for f in series.data_files:
+        f.unlink()
+    with pytest.raises(CorruptImageError, match=r"series_master\.h5: /entry/data/data_000001 links to "
+                                                r"series_data_000001\.h5, which does not exist \(and none of its "
+                                                r"other 1 data files"):
         NXmxReader(series.master)
 
 
@@ -344,3 +381,18 @@ def test_check_bitshuffle_chunk_framing():
         check_bitshuffle_chunk(blob[:20], 2006, 2)  # inside the block
     with pytest.raises(ValueError, match="12-byte header"):
         check_bitshuffle_chunk(blob[:5], 2006, 2)
+
+
+def test_condition_serves_the_frames_of_a_series_with_a_missing_data_file(series, tmp_path):
+    """Frames of the readable file are conditioned; each frame of the missing one is an error row."""
+    from xrais.conditioning.run import condition_files
+    from xrais.io import list_shards, read_shard
+
+    series.data_files[0].unlink()
+    report = condition_files([series.master], tmp_path / "out")
+    assert [(r.frame, bool(r.error)) for r in report.results] == [(0, True), (1, True), (2, True),
+                                                                  (3, False), (4, False)]
+    assert all("series_data_000001.h5 (linked as /entry/data/data_000001), which does not exist" in r.error
+               for r in report.failed)
+    _, cols, _ = read_shard(list_shards(tmp_path / "out", "conditioned")[0], images=False)
+    assert sorted(set(cols["source/frame"].tolist())) == [3, 4]

@@ -41,7 +41,7 @@ def test_condition_writes_shards_pngs_reports_bad_files_and_resumes(capsys, shar
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, "condition", str(good[0]), str(bad), str(good[1]), "--out", str(out_dir), "--png")
     assert code == 1  # one file failed …
-    assert "broken.cbf" in err and "cannot decode" in err
+    assert "broken.cbf" in err and "truncated at byte" in err
     assert "2 frame(s) conditioned" in out and "1 failed" in out  # … and the others were finished
     shards = list_shards(out_dir, "conditioned")
     images, cols, attrs = read_shard(shards[0])
@@ -85,7 +85,7 @@ def test_single_quadrant_explicit_block_and_beam_centre(capsys, shared_data, tmp
 def test_bad_options_are_one_line_errors(capsys, argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
-    assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_and_unknown_files(capsys, tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from xrais.cli import main
+from xrais.errors import ConfigError
 from xrais.infer import read_results
 
 
@@ -27,19 +30,80 @@ def test_commands_are_registered(helpers):
 def test_bad_input_gives_one_line_errors(capsys, checkpoints, tmp_path):
     model = str(checkpoints["resolution"])
     code, _, err = _main(capsys, "infer", "--model", model, "--out", str(tmp_path / "o"))
-    assert code == 1 and "give image files, folders or globs" in err
+    assert code == 2 and "give image files, folders or globs" in err
     code, _, err = _main(capsys, "infer", "x.cbf", "--model", model, "--out", str(tmp_path / "o"), "--quadrants", "3")
-    assert code == 1 and "quadrants: Input should be 1 or 4 (got 3)" in err
+    assert code == 2 and "quadrants: Input should be 1 or 4 (got 3)" in err
     code, _, err = _main(capsys, "infer", "x.cbf", "--model", str(tmp_path / "none.safetensors"), "--out",
                          str(tmp_path / "o"))
     assert code == 1 and "none.safetensors: no such checkpoint" in err
     code, _, err = _main(capsys, "infer", "--watch", str(tmp_path / "nowhere"), "--model", model, "--out",
                          str(tmp_path / "o"))
-    assert code == 1 and "nowhere: no such folder" in err
+    assert code == 2 and "nowhere: no such folder" in err
     code, _, err = _main(capsys, "infer", "x.cbf", "--model", model, "--out", str(tmp_path / "o"), "--device", "tpu")
-    assert code == 1 and "expected auto, cpu, cuda or cuda:N" in err
+    assert code == 2 and "expected auto, cpu, cuda or cuda:N" in err
     code, _, err = _main(capsys, "plot", str(tmp_path / "missing"), "--out", str(tmp_path / "p.png"))
-    assert code == 1 and "missing" in err
+    assert code == 1 and "missing: no such file or folder" in err
+    assert not (tmp_path / "o" / ".xrais.lock").exists()  # a refused run leaves the folder free
+
+
+def test_an_unusable_out_is_one_line(capsys, checkpoints, real_images, tmp_path):
+    image = str(real_images(["p6m_0015"])[0])
+    model = str(checkpoints["resolution"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    code, _, err = _main(capsys, "infer", image, "--model", model, "--out", str(a_file))
+    assert code == 2 and f"{a_file}: --out must be a folder, but it is an existing file" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = _main(capsys, "infer", image, "--model", model, "--out", str(a_file / "sub"))
+    assert code == 2 and f"lies under {a_file}, which is a file" in err and "Traceback" not in err
+    code, _, err = _main(capsys, "plot", str(tmp_path), "--out", str(a_file / "p.png"))
+    assert code == 2 and f"p.png: --out cannot be written: it lies under {a_file}, which is a file" in err
+    assert "Traceback" not in err
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "read_only"
+        locked.mkdir(mode=0o500)
+        code, _, err = _main(capsys, "infer", image, "--model", model, "--out", str(locked / "out"))
+        assert code == 2 and "cannot be created or written" in err
+
+
+def test_plot_of_a_folder_without_results_names_the_folder(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _main(capsys, "plot", str(empty), "--out", str(tmp_path / "p.png"))
+    assert code == 1 and f"{empty}: no results.csv/results.h5 in this folder" in err
+    assert "Traceback" not in err and "ImportError" not in err and not (tmp_path / "p.png").exists()
+
+
+def test_recursive_reaches_sub_folders_and_globbed_folders_are_named(tmp_path, checkpoints, real_images, helpers,
+                                                                       caplog):
+    import shutil
+
+    first, second = real_images(["p6m_0015", "p2m"])
+    top = tmp_path / "beamtime"
+    (top / "run1").mkdir(parents=True)
+    (top / "run2").mkdir()
+    shutil.copy(first, top / "run1" / first.name)
+    shutil.copy(second, top / "run2" / second.name)
+    common = ["--model", str(checkpoints["multilattice"]), "-q", "1", "--device", "cpu", "--format", "csv"]
+    # a folder holding only sub-folders: nothing to score without --recursive, and the message says why
+    with caplog.at_level("WARNING", logger="xrais.infer.work"), pytest.raises(ConfigError, match="no image files"):
+        helpers.cli("infer", str(top), *common, "--out", str(tmp_path / "flat"))
+    assert "it has sub-folders: give --recursive" in caplog.text
+    result = helpers.cli("infer", str(top), *common, "--recursive", "--out", str(tmp_path / "deep"))
+    assert result.exit_code == 0, result.output
+    assert sorted(read_results(tmp_path / "deep")["file"]) == sorted(
+        [str(top / "run1" / first.name), str(top / "run2" / second.name)])
+    # a glob that matches folders: named in a warning without --recursive, expanded with it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xrais.infer.work"):
+        result = helpers.cli("infer", str(top / "run*"), str(top / "run1" / first.name), *common,
+                             "--out", str(tmp_path / "glob_flat"))
+    assert result.exit_code == 0, result.output
+    assert "matches 2 folder(s), left out (give --recursive" in caplog.text and str(top / "run2") in caplog.text
+    assert list(read_results(tmp_path / "glob_flat")["file"]) == [str(top / "run1" / first.name)]
+    result = helpers.cli("infer", str(top / "run*"), *common, "--recursive", "--out", str(tmp_path / "glob_deep"))
+    assert result.exit_code == 0, result.output
+    assert len(read_results(tmp_path / "glob_deep")) == 2
 
 
 def test_a_file_list_on_stdin(tmp_path, checkpoints, real_images, helpers):
@@ -60,9 +124,10 @@ def test_geometry_flags_reach_the_rows(tmp_path, checkpoints, helpers):
     args = ["infer", str(edf), "--model", str(checkpoints["resolution"]), "-q", "1", "--device", "cpu"]
     result = helpers.cli(*args, "--out", str(tmp_path / "a"))
     assert "1 (0 scored, 1 errors)" in result.output and "give --distance-mm and --wavelength-A" in result.output
+    assert result.exit_code == 1  # a row of this run holds an error
     result = helpers.cli(*args, "--out", str(tmp_path / "b"), "--distance-mm", "180", "--wavelength-A", "1.1",
                          "--beam-center", "300", "250")
-    assert "1 (1 scored, 0 errors)" in result.output, result.output
+    assert "1 (1 scored, 0 errors)" in result.output and result.exit_code == 0, result.output
     row = read_results(tmp_path / "b").iloc[0]
     assert (row["distance_mm"], row["wavelength_A"], row["beam_center_fast_px"], row["beam_center_slow_px"]) == (
         180.0, 1.1, 300.0, 250.0)

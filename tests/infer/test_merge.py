@@ -203,6 +203,7 @@ def test_real_unmerged_mtz_merges_through_the_cli(shared_data, tmp_path):
                                    "--half-dataset-steps", "50"])
     assert res.exit_code == 0, res.output
     assert "merged reflections" in res.output
+    assert not (tmp_path / "merged_merge_state.pt").exists() and not (tmp_path / ".merged.mtz.xrais.lock").exists()
     mtz = gemmi.read_mtz_file(str(out))
     assert mtz.spacegroup.hm == "P 43 21 2" and mtz.cell.approx(gemmi.UnitCell(79.3306, 79.3306, 37.7968, 90, 90, 90), 1e-4)
     f = mtz.column_with_label("F").array
@@ -287,6 +288,7 @@ End of reflections
     path.write_text(text)
     table = read_crystfel_stream(path, space_group="P 43 21 2")
     assert len(table) == 3 and table["IMAGE"].tolist() == [0, 0, 1]
+    assert table["BATCH"].tolist() == [1, 1, 2] and table["CHUNK"].tolist() == [0, 0, 1]   # from 1, as integrate
     assert table.cell.a == pytest.approx(79.2) and table.cell.c == pytest.approx(38.5)
     assert table["WAVELENGTH"].iloc[0] == pytest.approx(1.0, rel=1e-4)
     assert table[["H", "K", "L"]].iloc[0].tolist() == table[["H", "K", "L"]].iloc[1].tolist() == [2, 1, 3]
@@ -307,3 +309,156 @@ def test_bad_inputs_give_one_line_errors(tmp_path, anomalous_merge):
         read_reflections(merged_path)
     with pytest.raises(DatasetError, match="metadata column 'ROT'"):
         merge_table(anomalous_merge[0].table(range(3)), MergeConfig(metadata_columns=("ROT",)))
+
+
+_TWO_LATTICE_STREAM = """CrystFEL stream format 2.3
+----- Begin chunk -----
+Image filename: hit.h5
+Event: //7
+photon_energy_eV = 12398.4
+--- Begin crystal
+Cell parameters 7.91000 7.91000 3.84000 nm, 90.00000 90.00000 90.00000 deg
+Reflections measured after indexing
+   h    k    l          I   sigma(I)       peak background  fs/px  ss/px panel
+   1    2    3     100.00      10.00     50.00      5.00  100.0  200.0 p0
+   2    2    3      80.00       9.00     40.00      5.00  120.0  220.0 p0
+End of reflections
+--- End crystal
+--- Begin crystal
+Cell parameters 7.93000 7.93000 3.86000 nm, 90.00000 90.00000 90.00000 deg
+Reflections measured after indexing
+   h    k    l          I   sigma(I)       peak background  fs/px  ss/px panel
+   1    2    3      10.00       3.00     50.00      5.00  400.0  500.0 p0
+End of reflections
+--- End crystal
+----- End chunk -----
+----- Begin chunk -----
+Image filename: hit.h5
+Event: //8
+photon_energy_eV = 12398.4
+--- Begin crystal
+Cell parameters 7.92000 7.92000 3.85000 nm, 90.00000 90.00000 90.00000 deg
+Reflections measured after indexing
+   h    k    l          I   sigma(I)       peak background  fs/px  ss/px panel
+   4    0    2      30.00       5.00     10.00      2.00  300.0  400.0 p0
+End of reflections
+--- End crystal
+----- End chunk -----
+"""
+
+
+def test_crystfel_two_lattice_hit_gives_each_crystal_its_own_image(tmp_path):
+    """Two crystals in one chunk are two images (two scales), numbered from 1; the chunk is kept."""
+    path = tmp_path / "two.stream"
+    path.write_text(_TWO_LATTICE_STREAM)
+    table = read_crystfel_stream(path, space_group="P 43 21 2")
+    assert table["BATCH"].tolist() == [1, 1, 2, 3]
+    assert table["IMAGE"].tolist() == [0, 0, 1, 2]
+    assert table["CHUNK"].tolist() == [0, 0, 0, 1] and table["CRYSTAL"].tolist() == [0, 0, 1, 0]
+    assert table["XDET"].tolist() == [100.0, 120.0, 400.0, 300.0]
+    assert table.cell.a == pytest.approx(79.2)
+    # the unmerged MTZ keeps one batch header per crystal
+    back = gemmi.read_mtz_file(str(write_unmerged_mtz(table, tmp_path / "two.mtz")))
+    assert [b.number for b in back.batches] == [1, 2, 3]
+    assert back.batches[0].cell.a == pytest.approx(79.2, rel=1e-5)
+    # a malformed number is one line naming the file and the line
+    path.write_text(_TWO_LATTICE_STREAM.replace("photon_energy_eV = 12398.4", "photon_energy_eV = lots", 1))
+    with pytest.raises(DatasetError, match=r"two\.stream: line 5: cannot read"):
+        read_crystfel_stream(path, space_group="P 43 21 2")
+
+
+def test_stopped_merge_resumes_to_the_same_result(simulator, tmp_path):
+    """A stop after a random epoch raises RunInterrupted with the state saved; merging again finishes
+    with the same merged values as a merge never stopped."""
+    import threading
+
+    from xrais.errors import ConfigError, RunInterrupted
+
+    table = simulator.table(range(60))
+    config = MergeConfig(max_epochs=5, min_epochs=2, polish_epochs=1, half_dataset_steps=20)
+    reference = merge_table(table, config)
+    stop = threading.Event()
+    at = int(np.random.default_rng(8).integers(1, 4))
+    seen = []
+
+    def progress(record):
+        seen.append(record)
+        if len(seen) == at:
+            stop.set()
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(RunInterrupted, match=f"after epoch {at}"):
+        merge_table(table, config, stop=stop, state_path=state, progress=progress)
+    assert state.is_file()
+    resumed = merge_table(table, config, stop=threading.Event(), state_path=state)
+    assert resumed.history["epoch"].tolist() == reference.history["epoch"].tolist()
+    for column in ("F", "SIGF", "N"):
+        assert np.array_equal(resumed.merged[column].to_numpy(), reference.merged[column].to_numpy()), column
+    pd.testing.assert_frame_equal(resumed.statistics, reference.statistics)
+    # the state of another merge is refused, not silently used
+    with pytest.raises(ConfigError, match="other reflections or options"):
+        merge_table(table, config.model_copy(update={"seed": 3}), state_path=state)
+
+
+def test_merge_cli_refuses_unusable_or_busy_outputs(shared_data, tmp_path, capsys):
+    from xrais.cli import main
+    from xrais.runs import RunLock
+
+    def run(*argv: str) -> int:
+        with pytest.raises(SystemExit) as info:
+            main(["merge", str(shared_data(UNMERGED)), *argv])
+        return info.value.code or 0
+
+    (tmp_path / "file").write_text("x")
+    assert run("--out", str(tmp_path / "file" / "merged.mtz")) == 2
+    err = capsys.readouterr().err
+    assert "merged.mtz: --out cannot be written: it lies under" in " ".join(err.split())
+    assert "Traceback" not in err
+    with RunLock(tmp_path, "xrais merge (another)", name=".merged.mtz.xrais.lock"):
+        assert run("--out", str(tmp_path / "merged.mtz")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already held by this process" in err
+    assert not (tmp_path / "merged.mtz").exists()
+
+
+def test_merge_cli_stopped_by_sigterm_resumes_to_the_same_mtz(shared_data, tmp_path):
+    """The real command, stopped by SIGTERM once an epoch is saved, then run again: the same merged MTZ."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xrais.cli import app
+
+    path = shared_data(UNMERGED)
+    options = ["--max-epochs", "8", "--images-per-step", "4", "--half-dataset-steps", "30", "--seed", "2"]
+    reference = tmp_path / "ref" / "merged.mtz"
+    res = CliRunner().invoke(app, ["merge", str(path), "--out", str(reference), *options])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "merged.mtz"
+    state = out.with_name("merged_merge_state.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "xrais.cli", "merge", str(path), "--out", str(out), *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    try:
+        while not state.exists():
+            assert proc.poll() is None, "the merge ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(float(np.random.default_rng(12).uniform(0.0, 0.05)))
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = " ".join(stderr.split())
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert state.exists() and not out.exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert not state.exists()
+    assert out.read_bytes() == reference.read_bytes()

@@ -99,3 +99,48 @@ def test_parquet_parts_when_pyarrow_is_installed(tmp_path, setup):
     with ResultsWriter(tmp_path, config, infos, columns) as w:
         w.write(_rows(columns, 3))
     assert list(read_results(tmp_path / "results.parquet")["file"]) == list(read_results(tmp_path)["file"])
+
+
+def _provenance_run(folder):
+    return json.loads((folder / "provenance.json").read_text())["runs"][-1]
+
+
+def test_the_row_count_in_provenance_follows_each_flush(tmp_path, setup):
+    config, infos, columns = setup  # flush_rows=2
+    rows = _rows(columns, 3, error_at=(2,))
+    w = ResultsWriter(tmp_path, config, infos, columns)
+    assert _provenance_run(tmp_path)["rows_written"] == 0
+    w.write(rows[:1])
+    assert _provenance_run(tmp_path)["rows_written"] == 0 and len(read_results(tmp_path / "results.h5")) == 0
+    w.write(rows[1:2])  # the second row: a flush, so a kill from here on leaves the count on disk
+    run = _provenance_run(tmp_path)
+    assert run["rows_written"] == 2 and run["errors"] == 0 and run["updated"] and run["finished"] is None
+    assert len(read_results(tmp_path / "results.h5")) == 2
+    w.write(rows[2:])
+    assert _provenance_run(tmp_path)["rows_written"] == 2
+    w.close()
+    run = _provenance_run(tmp_path)
+    assert run["rows_written"] == 3 and run["errors"] == 1 and run["finished"]
+
+
+def test_rows_waiting_longer_than_flush_s_reach_the_table(tmp_path, setup):
+    config, infos, columns = setup
+    config = config.model_copy(update={"flush_rows": 1000, "flush_s": 30.0})
+    w = ResultsWriter(tmp_path, config, infos, columns)
+    w.write(_rows(columns, 1))
+    w.write([])  # a run waiting for work: not yet due
+    assert _provenance_run(tmp_path)["rows_written"] == 0
+    w.schedule.last -= 31.0  # as if 31 s had passed since the last flush
+    w.write([])
+    assert _provenance_run(tmp_path)["rows_written"] == 1 and len(read_results(tmp_path / "results.h5")) == 1
+    w.close()
+
+
+def test_reading_results_names_what_is_missing(tmp_path):
+    from xrais.errors import DatasetError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"empty: no results.csv/results.h5 in this folder"):
+        read_results(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="nowhere: no such file or folder"):
+        read_results(tmp_path / "nowhere")

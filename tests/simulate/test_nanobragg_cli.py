@@ -136,7 +136,7 @@ def test_pgm_file(tmp_path, monkeypatch):
 
 
 def test_unknown_option_is_an_error(tmp_path, monkeypatch, capsys):
-    assert _run([*_LYSO, "-misset_sed", "3"], tmp_path, monkeypatch) == 1
+    assert _run([*_LYSO, "-misset_sed", "3"], tmp_path, monkeypatch) == 2  # a usage error
     err = capsys.readouterr().err
     assert "unknown option '-misset_sed'" in err and "-Xbeam" in err and "-oversample" in err
     assert not list(tmp_path.iterdir())
@@ -152,7 +152,7 @@ def test_unknown_option_is_an_error(tmp_path, monkeypatch, capsys):
     (["-xds"], "MOSFLM"),
 ])
 def test_bad_arguments(argv, message, tmp_path, monkeypatch, capsys):
-    assert _run([*_LYSO, *argv], tmp_path, monkeypatch) == 1
+    assert _run([*_LYSO, *argv], tmp_path, monkeypatch) == 2  # a usage error
     assert message in capsys.readouterr().err
 
 

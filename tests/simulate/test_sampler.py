@@ -29,7 +29,7 @@ def test_config_files_round_trip_and_bad_input(tmp_path):
     toml.write_text(SimulationConfig(distance_mm_range=(150.0, 160.0)).to_toml())
     assert load_config(toml).distance_mm_range == (150.0, 160.0)
     (tmp_path / "bad.toml").write_text("distance_mm = 200\n")
-    with pytest.raises(ConfigError, match=r"bad.toml: distance_mm: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown key 'distance_mm'; did you mean 'distance_mm_range'\?"):
         load_config(tmp_path / "bad.toml")
     (tmp_path / "range.toml").write_text("distance_mm_range = [300, 200]\n")
     with pytest.raises(ConfigError, match=r"range.toml: distance_mm_range: .*low 300.0 must not exceed high 200.0"):
@@ -97,3 +97,30 @@ def test_random_rotations_are_rotations_and_uniform():
     # uniform on SO(3): the image of a fixed axis is uniform on the sphere (mean ≈ 0, ⟨z²⟩ ≈ 1/3)
     z = us[:, :, 2]
     assert np.abs(z.mean(axis=0)).max() < 0.05 and abs((z[:, 2] ** 2).mean() - 1 / 3) < 0.03
+
+
+def test_lattice_labels_name_each_lattice_and_rebuild_its_rotation():
+    from scipy.spatial.transform import Rotation
+
+    c = load_config(preset="multilattice")
+    seen = set()
+    for i in range(60):
+        p = sample_image(c, 4, i)
+        labels = p.labels()
+        seen.add(p.n_lattices)
+        assert labels["lattice1_angle_deg"] == 0.0  # lattice 1 is the reference
+        rotations = p.lattice_rotations()
+        assert len(rotations) == p.n_lattices and np.array_equal(rotations[0], np.eye(3))
+        for k in (2, 3):
+            axis = np.array([labels[f"lattice{k}_axis_{c}"] for c in "xyz"])
+            angle = labels[f"lattice{k}_angle_deg"]
+            if k > p.n_lattices:  # a lattice the image does not have
+                assert angle == 0.0 and not axis.any()
+                continue
+            assert np.linalg.norm(axis) == pytest.approx(1.0, abs=1e-12)
+            assert (axis.tolist(), angle) == (list(p.lattice_axes[k - 2]), p.lattice_angles_deg[k - 2])
+            # the stored axis and angle, rotated independently of xrais, give the lattice's rotation
+            expected = Rotation.from_rotvec(np.radians(angle) * axis).as_matrix()
+            np.testing.assert_allclose(rotations[k - 1], expected, atol=1e-12)
+            np.testing.assert_allclose(rotations[k - 1] @ p.U, expected @ p.U, atol=1e-12)
+    assert seen == {1, 2, 3}

@@ -40,11 +40,12 @@ def test_train_command_runs_and_resumes(small_shard, tmp_path):
 
 
 def test_train_help_lists_the_options():
-    result = runner.invoke(app, ["train", "--help"])
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in ("--data", "--task", "--arch", "--out", "--epochs", "--batch-size", "--lr", "--momentum",
                    "--weight-decay", "--loss", "--heads", "--dropout", "--val-fraction", "--workers", "--seed",
-                   "--amp", "--channels-last", "--compile", "--augment", "--device"):
+                   "--amp", "--channels-last", "--compile", "--augment", "--device", "--checkpoint-every-s",
+                   "--allow-outside-manifest"):
         assert option in result.output, option
 
 

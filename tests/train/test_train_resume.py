@@ -20,6 +20,7 @@ from xrais.train.state import load_training_state, state_path
 from train_helpers import SMALL_RUN, child_env, run_checked, xrais_command
 
 
+@pytest.mark.slow  # test_train_kill.py's kills at random moments cover it
 def test_killed_run_resumes_to_the_same_weights(tmp_path, small_shard, single_process_run, load_weights):
     out = tmp_path / "run"
     cmd = xrais_command("train", str(small_shard), "--out", str(out), *SMALL_RUN)
