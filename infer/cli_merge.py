@@ -157,6 +157,8 @@ def _merge_locked(reflections: List[Path], out: Path, stats_path: Path, cfg: obj
         d_min = cfg.d_min_A or float(table["DHKL"].min()) * (1 - 1e-6)
         truth = _reference_truth(reference, UniqueReflections(table.cell, table.spacegroup, d_min, cfg.anomalous))
     state_path = out.with_name(out.stem + "_merge_state.pt")
+    if state_path.exists():
+        console.print(f"resuming the merge saved in {state_path}", highlight=False)
     result = merge_table(table, cfg, truth_F=truth, stop=stop, state_path=state_path)
     wavelength = float(table["WAVELENGTH"].median())
     write_merged_mtz(result.merged, out, wavelength_A=wavelength,

@@ -8,6 +8,7 @@ factor, the detector corners absorb, and Poisson plus read noise make I and σ.
 from __future__ import annotations
 
 import math
+import signal
 
 import gemmi
 import numpy as np
@@ -421,13 +422,14 @@ def test_merge_cli_refuses_unusable_or_busy_outputs(shared_data, tmp_path, capsy
     assert not (tmp_path / "merged.mtz").exists()
 
 
-def test_merge_cli_stopped_by_sigterm_resumes_to_the_same_mtz(shared_data, tmp_path):
-    """The real command, stopped by SIGTERM once an epoch is saved, then run again: the same merged MTZ."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_merge_cli_signalled_at_a_random_moment_resumes_to_the_same_mtz(shared_data, tmp_path, signum):
+    """The real command, stopped (SIGTERM) or killed (SIGKILL) once an epoch is saved, then run again."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from long_runs import signal_when
 
     from xrais.cli import app
 
@@ -440,25 +442,17 @@ def test_merge_cli_stopped_by_sigterm_resumes_to_the_same_mtz(shared_data, tmp_p
     state = out.with_name("merged_merge_state.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "xrais.cli", "merge", str(path), "--out", str(out), *options]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 300
-    try:
-        while not state.exists():
-            assert proc.poll() is None, "the merge ended before it could be stopped"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        time.sleep(float(np.random.default_rng(12).uniform(0.0, 0.05)))
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    delay_s = float(np.random.default_rng(12 + int(signum)).uniform(0.0, 0.05))
+    code, _, stderr = signal_when(cmd, state.exists, signum, delay_s=delay_s, env=env)
     stderr = " ".join(stderr.split())
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    if signum == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, stderr[-2000:]
+        assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    else:
+        assert code == -signal.SIGKILL
     assert state.exists() and not out.exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming the merge saved in" in " ".join(again.stdout.split())
     assert not state.exists()
     assert out.read_bytes() == reference.read_bytes()
