@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_simulator.py --shared "$(DATA)/.."
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_spots.py
+	$(PY) benchmarks/bench_spots_find.py --data "$(DATA)"
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_infer.py --data "$(DATA)"
 	$(PY) benchmarks/bench_integrate.py

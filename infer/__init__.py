@@ -8,8 +8,16 @@ Typical use::
     rows = read_results("results/")                                     # pandas DataFrame
     plot_results(rows, "results/strip.png")                              # the strip chart
 
+Without a model, the spots (DIALS's dispersion threshold), the resolution from them and a hit
+call::
+
+    from xrais.infer import find_spots, estimate_resolution, analyze_image
+    spots = find_spots(image.pixels, image.mask)             # arrays in, arrays out
+    answer = analyze_image(image)                             # spots with d, resolution, hit
+
 From the shell: ``xrais infer IMAGES… --model M --out RESULTS`` (under ``mpirun -n R`` too),
-``xrais infer --watch DIR …`` and ``xrais plot RESULTS --out PNG``.
+``xrais infer --watch DIR …``, ``xrais spots IMAGES… --out spots.csv --png DIR`` and
+``xrais plot RESULTS --out PNG``.
 """
 
 from typing import TYPE_CHECKING
@@ -41,6 +49,11 @@ __all__ = [
     "expand_inputs",
     "plan_refs",
     "make_items",
+    "find_spots",
+    "estimate_resolution",
+    "analyze_image",
+    "SpotFinderParams",
+    "HitParams",
 ]
 
 # Names are imported from their modules on first use (xrais._lazy): importing the package stays cheap.
@@ -52,6 +65,7 @@ lazy_package(__name__, {
     "xrais.infer.scoring": ("ModelInfo", "Scorer", "describe_models", "result_columns"),
     "xrais.infer.watch": ("FolderWatcher", "RunStats", "StaticSource", "StdinFollower"),
     "xrais.infer.work": ("DoneIndex", "FrameRef", "WorkItem", "expand_inputs", "make_items", "plan_refs"),
+    "xrais.infer.spots": ("HitParams", "SpotFinderParams", "analyze_image", "estimate_resolution", "find_spots"),
 })
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at once
@@ -62,3 +76,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at 
     from xrais.infer.scoring import ModelInfo, Scorer, describe_models, result_columns
     from xrais.infer.watch import FolderWatcher, RunStats, StaticSource, StdinFollower
     from xrais.infer.work import DoneIndex, FrameRef, WorkItem, expand_inputs, make_items, plan_refs
+    from xrais.infer.spots import HitParams, SpotFinderParams, analyze_image, estimate_resolution, find_spots

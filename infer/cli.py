@@ -8,7 +8,7 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-__all__ = ["register", "infer", "plot"]
+__all__ = ["register", "infer", "spots", "plot"]
 
 
 def _summary_table(stats: Any, title: str) -> Any:
@@ -27,6 +27,10 @@ def _summary_table(stats: Any, title: str) -> Any:
         table.add_row("last image", f"{name}" + (f" frame {frame}" if frame else ""))
         if "min_resolution_A" in last:
             table.add_row("last resolution", f"{last['min_resolution_A']:.2f} Å min, {last['mean_resolution_A']:.2f} Å mean")
+        if "n_spots" in last:
+            d = last.get("spot_resolution_A")
+            table.add_row("last spots", f"{last['n_spots']} ({'hit' if last.get('hit') else 'no hit'})"
+                          + (f", {d:.2f} Å" if isinstance(d, float) and d == d else ""))
         if "multilattice_probability" in last:
             table.add_row("last multi-lattice P", f"{last['multilattice_probability']:.3f}")
     if stats.last_error:
@@ -47,8 +51,10 @@ def _report_table(report: Any, out: Path) -> Any:
     table.add_row("wall time", f"{report.seconds:.1f} s ({report.images_per_s:.2f} images/s)")
     if ok:
         per = {k: 1000.0 * v / ok for k, v in report.stage_s.items()}
-        table.add_row("per image (one rank)", f"read {per['read_s']:.1f} ms, condition {per['condition_s']:.1f} ms, "
-                                              f"score {per['score_s']:.1f} ms")
+        parts = [f"{label} {per[key]:.1f} ms" for key, label in
+                 (("read_s", "read"), ("spots_s", "spots"), ("condition_s", "condition"), ("score_s", "score"))
+                 if per.get(key)]
+        table.add_row("per image (one rank)", ", ".join(parts))
     if report.interrupted:
         table.add_row("stopped", "interrupted; run the same command again to go on")
     return table
@@ -57,7 +63,8 @@ def _report_table(report: Any, out: Path) -> Any:
 def infer(
     images: Optional[List[str]] = typer.Argument(
         None, help="Image files, folders or globs; '-' reads file paths from stdin.", show_default=False),
-    model: List[str] = typer.Option(..., "--model", "-m", help="Checkpoint file, folder or name (repeat for more)."),
+    model: List[str] = typer.Option([], "--model", "-m", show_default=False,
+                                    help="Checkpoint file, folder or name (repeat for more; none: spots only)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (resumed if it exists)."),
     quadrants: int = typer.Option(4, "--quadrants", "-q", help="Score 4 quadrants, or 1 (quadrant 0)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Quadrants per forward pass."),
@@ -72,6 +79,10 @@ def infer(
     wavelength_A: Optional[float] = typer.Option(None, "--wavelength-A", help="Wavelength in Å, replacing headers."),
     beam_center: Optional[Tuple[float, float]] = typer.Option(
         None, "--beam-center", metavar="FAST SLOW", help="Beam centre in pixels, replacing headers."),
+    spots: bool = typer.Option(True, "--spots/--no-spots",
+                               help="Find spots in the same pass (n_spots, d_5pct_A, spot_resolution_A, hit)."),
+    spot: List[str] = typer.Option([], "--spot", metavar="NAME=VALUE", show_default=False,
+                                   help="A spot-finder or hit setting, DIALS names (sigma_strong=4, min_spots=30)."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Score again images whose rows hold an error."),
     flush_rows: int = typer.Option(64, "--flush-rows", help="Append to results.h5/.parquet every N rows at most."),
     flush_s: float = typer.Option(30.0, "--flush-s", help="… and every S seconds at most while rows wait."),
@@ -83,7 +94,11 @@ def infer(
     poll_s: float = typer.Option(0.5, "--poll-s", help="With --watch: seconds between looks at the folder."),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="With --watch: stop after S s idle."),
 ) -> None:
-    """Score diffraction images with resolution / multi-lattice models, one row per image.
+    """Score diffraction images with resolution / multi-lattice models and find their spots, one row per image.
+
+    Without --model the rows hold the model-free answer alone: spots found
+    by DIALS's dispersion threshold, d_5pct_A, the DISTL resolution limit
+    and the hit call (see `xrais spots`).
 
     Rows go to OUT/results.csv as they come (and results.h5 or
     results.parquet); a killed run started again with the same arguments
@@ -103,12 +118,14 @@ def infer(
     from xrais.errors import ConfigError
     from xrais.infer.config import InferConfig, WatchConfig, make_config
     from xrais.infer.runner import run_inference
+    from xrais.infer.spots import parse_settings
     from xrais.infer.watch import RunStats
     from xrais.parallel import mpi_world
     from xrais.runs import RunLock, exit_status, stop_on_signals
 
     config = make_config(
-        InferConfig, models=tuple(model), quadrants=quadrants, block=downsample, batch_size=batch_size,
+        InferConfig, models=tuple(model), spots=spots, spot_settings=parse_settings(spot), quadrants=quadrants,
+        block=downsample, batch_size=batch_size,
         device=device, precision=precision, channels_last=channels_last, threads=threads,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()), chunk_frames=chunk_frames,
         flush_rows=flush_rows, flush_s=flush_s, distance_mm=distance_mm, wavelength_A=wavelength_A,
@@ -197,7 +214,70 @@ def plot(
                   f"panels {', '.join(drawn['panels'])}", highlight=False)
 
 
+def spots(
+    images: List[str] = typer.Argument(..., help="Image files, folders or globs.", show_default=False),
+    out: Path = typer.Option(Path("spots.csv"), "--out", "-o", help="CSV of one row per frame (resumed if it exists)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Write a PNG per frame here, the spots circled."),
+    spot: List[str] = typer.Option([], "--spot", metavar="NAME=VALUE", show_default=False,
+                                   help="A spot-finder or hit setting, DIALS names (sigma_strong=4, gain=8, "
+                                        "min_spots=30, exclude_ice_rings=true)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads of the spot finder (default: all cores)."),
+    distance_mm: Optional[float] = typer.Option(None, "--distance-mm", help="Detector distance, replacing headers."),
+    wavelength_A: Optional[float] = typer.Option(None, "--wavelength-A", help="Wavelength in Å, replacing headers."),
+    beam_center: Optional[Tuple[float, float]] = typer.Option(
+        None, "--beam-center", metavar="FAST SLOW", help="Beam centre in pixels, replacing headers."),
+    recursive: bool = typer.Option(False, "--recursive", help="Include sub-folders of folders."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Do again frames whose rows hold an error."),
+) -> None:
+    """Find the spots of every frame without a model: DIALS's dispersion threshold, per-frame resolution and hit call.
+
+    One row per frame (file, frame, geometry, n_spots, n_spots_no_ice,
+    d_5pct_A, spot_resolution_A (DISTL method 2), hit) is appended to
+    --out as each frame is done; the same command again skips frames done.
+    Settings take DIALS's names and defaults (gain 1, kernel_size 3 (7×7),
+    sigma_background 6, sigma_strong 3, min_local 2, min_spot_size 3,
+    max_spot_size 1000) and the hit call min_spots 20. Analogue detectors
+    (CSPAD, CCDs) need their gain in counts per photon: --spot gain=N.
+
+    Exit status: 0 when every frame was done; 1 when some rows hold an
+    error; 2 for usage errors; 128+N when stopped by signal N.
+    """
+    from rich.table import Table
+
+    from xrais.cli import console, err_console
+    from xrais.infer.config import InferConfig, make_config
+    from xrais.infer.spots import parse_settings
+    from xrais.infer.spots_run import find_spots_in_files
+    from xrais.runs import RunLock, check_out_dir, check_out_file, exit_status, stop_on_signals
+
+    config = make_config(InferConfig, models=(), spots=True, spot_settings=parse_settings(spot), threads=threads,
+                         distance_mm=distance_mm, wavelength_A=wavelength_A, beam_center_px=beam_center,
+                         retry_errors=retry_errors)
+    check_out_file(out)
+    if png is not None:
+        check_out_dir(png, "--png")
+    with RunLock(out.parent, "xrais spots", name=f".{out.name}.xrais.lock"), stop_on_signals() as stop:
+        report = find_spots_in_files(images, out, config, png_dir=png, recursive=recursive, stop=stop)
+    table = Table(title=f"xrais spots → {out}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("rows written", f"{report.rows_written} ({report.rows_written - report.errors} frames, "
+                                  f"{report.errors} errors)")
+    table.add_row("hits", str(report.hits))
+    table.add_row("already done", str(report.rows_before))
+    if png is not None:
+        table.add_row("pictures", f"{report.pngs} in {png}")
+    console.print(table)
+    for text in report.first_errors[:5]:
+        err_console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)
+    stop.check(f"xrais spots → {out}")
+    code = exit_status(report.errors, stop)
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``infer`` and ``plot`` to the ``xrais`` app."""
+    """Add ``infer``, ``spots`` and ``plot`` to the ``xrais`` app."""
     app.command("infer")(infer)
+    app.command("spots")(spots)
     app.command("plot")(plot)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 __all__ = ["InferConfig", "WatchConfig", "TABLE_FORMATS", "make_config"]
@@ -31,7 +31,12 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: tuple[str, ...] = Field(min_length=1, description="checkpoint files, folders or registered names")
+    models: tuple[str, ...] = Field((), description="checkpoint files, folders or registered names (none: spots only)")
+    spots: bool = Field(True, description="find spots (DIALS's dispersion threshold) in the same pass: n_spots, "
+                                          "d_5pct_A, spot_resolution_A and the hit call, with or without models")
+    spot_settings: dict[str, Any] = Field(default_factory=dict,
+                                          description="spot-finder and hit settings by name (SpotFinderParams, "
+                                                      "HitParams: sigma_strong, min_spots, …)")
     quadrants: Literal[1, 4] = Field(4, description="score 4 quadrants, or only quadrant 0 (the one XRAIS trains on)")
     block: int | None = Field(None, ge=1, le=64,
                               description="max-pool block N; None: each model's preset, else the detector's own")
@@ -54,6 +59,26 @@ class InferConfig(BaseModel):
     beam_center_px: tuple[float, float] | None = Field(
         None, description="(fast, slow) beam centre in pixels for every image, replacing headers")
     retry_errors: bool = Field(False, description="on resume, score again the images whose rows hold an error")
+
+    @field_validator("spot_settings")
+    @classmethod
+    def _check_spot_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from xrais.infer.spots import split_settings
+
+        split_settings(v)  # raises ConfigError naming a bad or unknown setting
+        return dict(sorted(v.items()))
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "InferConfig":
+        if not self.models and not self.spots:
+            raise ValueError("nothing to do: give a model (--model) or leave spot finding on")
+        return self
+
+    def spot_params(self) -> tuple[Any, Any]:
+        """The (SpotFinderParams, HitParams) of ``spot_settings``."""
+        from xrais.infer.spots import split_settings
+
+        return split_settings(self.spot_settings)
 
     @field_validator("device")
     @classmethod
@@ -78,6 +103,8 @@ class InferConfig(BaseModel):
             "distance_mm": self.distance_mm,
             "wavelength_A": self.wavelength_A,
             "beam_center_px": list(self.beam_center_px) if self.beam_center_px is not None else None,
+            "spots": self.spots,
+            "spot_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in self.spot_settings.items()},
         }
 
 

@@ -3,7 +3,10 @@
 As the Interceptor display (xrais.txt Figure 16B) and Figure 8: one row of panels per data
 set, with the image number across. Panels, where the results have the values:
 
-* resolution (Å): the minimum (red) and the mean (blue) over the quadrants of each image;
+* resolution (Å): the minimum (red) and the mean (blue) over the quadrants of each image and,
+  where spots were found, the model-free limit from them (``spot_resolution_A``, green
+  triangles) on the same axes: the Figure 8 view, where model and classical estimate disagree;
+* below it, where spots were found, ``n_spots`` per image (hits filled, others open);
 * per-quadrant resolution (Å): one colour per quadrant, showing their spread (Figure 17);
 * multi-lattice probability: mean over the scored quadrants (black), each quadrant (grey).
 
@@ -81,6 +84,25 @@ def _finite(values: Any) -> np.ndarray:
     return np.where(np.isfinite(a), a, np.nan)
 
 
+def _draw_spot_counts(row_axes: Any, above: Any, x: np.ndarray, sub: Any, ok: Any, *, last: bool) -> None:
+    """``n_spots`` per image in the first axes of the row below a data set (hits filled); the rest left blank."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax = row_axes[0]
+    n = _finite(sub["n_spots"][ok])
+    hit = np.asarray(sub["hit"][ok]) == 1
+    ax.plot(x[ok][hit], n[hit], "s", ms=3, color="tab:green", label="hit")
+    ax.plot(x[ok][~hit], n[~hit], "s", ms=3, mfc="none", color="tab:green", label="no hit")
+    ax.set_ylabel("spots")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.sharex(above)
+    if last:
+        ax.set_xlabel("image number")
+    for other in row_axes[1:]:
+        other.axis("off")
+
+
 def plot_results(results: Any, out_png: str | Path, *, max_datasets: int = 24, dpi: int = 100) -> dict[str, Any]:
     """Draw the strip chart of a results folder, file or DataFrame into a PNG.
 
@@ -120,20 +142,25 @@ def plot_results(results: Any, out_png: str | Path, *, max_datasets: int = 24, d
     res_q = sorted((c for c in df.columns if re.fullmatch(r"resolution_q\d+_A", c)), key=natural_key)
     ml_q = sorted((c for c in df.columns if re.fullmatch(r"multilattice_q\d+_probability", c)), key=natural_key)
     panels = []
-    if "min_resolution_A" in df.columns:
+    has_spots = "n_spots" in df.columns
+    if "min_resolution_A" in df.columns or has_spots:
         panels.append("resolution")
         if len(res_q) > 1:
             panels.append("quadrants")
     if "multilattice_probability" in df.columns:
         panels.append("multilattice")
     if not panels:
-        raise DatasetError("results: no resolution or multi-lattice columns to plot")
+        raise DatasetError("results: no resolution, spot or multi-lattice columns to plot")
     df = add_image_numbers(df)
     sizes = df.groupby("dataset").size().sort_values(ascending=False)
     keys = sorted(sizes.index[:max_datasets], key=natural_key)
     n_rows, n_cols = len(keys), len(panels)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.8 * n_cols, 2.4 * n_rows + 0.6), squeeze=False,
-                             constrained_layout=True)
+    per_set = 2 if has_spots else 1
+    height = (2.4 + 1.4 * (per_set - 1)) * n_rows + 0.6
+    fig, grid = plt.subplots(n_rows * per_set, n_cols, figsize=(4.8 * n_cols, height),
+                             squeeze=False, constrained_layout=True,
+                             gridspec_kw={"height_ratios": [2.4, 1.4] * n_rows if has_spots else None})
+    axes = grid[::per_set]
     for r, key in enumerate(keys):
         sub = df[df["dataset"] == key]
         ok = sub["error"].astype(str) == ""
@@ -142,8 +169,12 @@ def plot_results(results: Any, out_png: str | Path, *, max_datasets: int = 24, d
         for c, panel in enumerate(panels):
             ax = axes[r][c]
             if panel == "resolution":
-                ax.plot(x[ok], _finite(sub["min_resolution_A"][ok]), "o", ms=3, color="tab:red", label="min")
-                ax.plot(x[ok], _finite(sub["mean_resolution_A"][ok]), "o", ms=3, color="tab:blue", label="mean")
+                if "min_resolution_A" in sub.columns:
+                    ax.plot(x[ok], _finite(sub["min_resolution_A"][ok]), "o", ms=3, color="tab:red", label="min")
+                    ax.plot(x[ok], _finite(sub["mean_resolution_A"][ok]), "o", ms=3, color="tab:blue", label="mean")
+                if has_spots:
+                    ax.plot(x[ok], _finite(sub["spot_resolution_A"][ok]), "^", ms=4, color="tab:green",
+                            label="spots (DISTL)")
                 if (~ok).any():
                     ax.plot(x[~ok], np.zeros((~ok).sum()), "|", ms=8, color="0.5", label="error",
                             transform=ax.get_xaxis_transform())
@@ -162,10 +193,12 @@ def plot_results(results: Any, out_png: str | Path, *, max_datasets: int = 24, d
                 ax.set_ylim(-0.03, 1.03)
                 ax.set_ylabel("multi-lattice P")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if r == n_rows - 1:
+            if r == n_rows - 1 and not has_spots:
                 ax.set_xlabel("image number")
             if r == 0 and panel != "multilattice":
                 ax.legend(fontsize=7, loc="best", markerscale=1.5)
+        if has_spots:
+            _draw_spot_counts(grid[r * per_set + 1], axes[r][0], x, sub, ok, last=r == n_rows - 1)
     note = f" (the {n_rows} largest of {len(sizes)} data sets)" if len(sizes) > n_rows else ""
     fig.suptitle(f"xrais inference: {len(df)} rows{note}", fontsize=10)
     out = Path(out_png)

@@ -23,6 +23,7 @@ the ranks whose items have no rows, and scores those frames again with the rest.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -77,7 +78,8 @@ class InferReport:
     rows_written: int = 0
     errors: int = 0
     seconds: float = 0.0
-    stage_s: dict[str, float] = field(default_factory=lambda: {"read_s": 0.0, "condition_s": 0.0, "score_s": 0.0})
+    stage_s: dict[str, float] = field(default_factory=lambda: {"read_s": 0.0, "spots_s": 0.0, "condition_s": 0.0,
+                                                               "score_s": 0.0})
     interrupted: bool = False
     first_errors: list[str] = field(default_factory=list)
 
@@ -90,7 +92,8 @@ class InferReport:
                     self.first_errors.append(str(row["error"]))
             else:
                 for key in self.stage_s:
-                    self.stage_s[key] += float(row.get(key) or 0.0)
+                    value = float(row.get(key) or 0.0)
+                    self.stage_s[key] += value if math.isfinite(value) else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -230,7 +233,8 @@ def run_inference(
     t0 = time.perf_counter()
     try:
         infos = describe_models(config.models)
-        writer = ResultsWriter(out_dir, config, infos, result_columns(infos, config.quadrants), ranks=size)
+        columns = result_columns(infos, config.quadrants, config.spots)
+        writer = ResultsWriter(out_dir, config, infos, columns, ranks=size)
     except BaseException:
         if size > 1:
             comm.bcast(None, root=0)

@@ -12,8 +12,11 @@ Row columns (see :func:`result_columns`): ``file``, ``frame``, ``n_frames``, the
 ``beam_center_fast_px``, ``beam_center_slow_px``), per model its per-quadrant values and their
 summary (resolution: ``resolution_q{i}_A``, ``min_resolution_A``, ``mean_resolution_A`` in Å;
 multi-lattice: ``multilattice_q{i}_probability`` and their mean ``multilattice_probability``),
-``models``, stage times in seconds (``read_s``, ``condition_s``, ``score_s``), ``rank``,
-``finished_at`` (UTC) and ``error``. A second model of the same task gets its columns prefixed
+the model-free spot columns when spot finding is on (:data:`xrais.infer.spots.SPOT_COLUMNS`:
+``n_spots``, ``n_spots_no_ice``, ``d_5pct_A``, ``spot_resolution_A`` in Å and ``hit`` 0/1),
+``models``, stage times in seconds (``read_s``, ``spots_s``, ``condition_s``, ``score_s``),
+``rank``, ``finished_at`` (UTC) and ``error``. With no model the row holds the spot columns
+alone (and ``models`` is empty). A second model of the same task gets its columns prefixed
 ``m{k}_`` (k its position in the model list, from 1).
 """
 
@@ -26,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -34,7 +37,8 @@ from xrais.errors import CheckpointError, ConfigError, CorruptImageError, XraisE
 from xrais.infer.config import InferConfig
 from xrais.infer.work import FrameRef, WorkItem
 
-__all__ = ["ModelInfo", "describe_models", "result_columns", "column_kind", "Scorer", "error_text", "empty_row"]
+__all__ = ["ModelInfo", "describe_models", "result_columns", "column_kind", "Scorer", "error_text", "empty_row",
+           "with_geometry_overrides"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ _HEAD = ["file", "frame", "n_frames", "detector", "block", "distance_mm", "wavel
          "beam_center_fast_px", "beam_center_slow_px"]
 _TAIL = ["models", "read_s", "condition_s", "score_s", "rank", "finished_at", "error"]
 _TEXT = {"file", "detector", "models", "finished_at", "error"}
-_INT = {"frame", "n_frames", "block", "rank"}
+_INT = {"frame", "n_frames", "block", "rank", "n_spots", "n_spots_no_ice", "hit"}
 _SIDE = 512
 
 
@@ -117,12 +121,17 @@ def describe_models(sources: Sequence[str]) -> list[ModelInfo]:
     return infos
 
 
-def result_columns(infos: Sequence[ModelInfo], quadrants: int) -> list[str]:
-    """All row columns, in order, for these models."""
-    cols = list(_HEAD)
+def result_columns(infos: Sequence[ModelInfo], quadrants: int, spots: bool = False) -> list[str]:
+    """All row columns, in order, for these models (and the spot columns when ``spots``)."""
+    from xrais.infer.spots import SPOT_COLUMNS
+
+    cols = list(_HEAD) + (list(SPOT_COLUMNS) if spots else [])
     for info in infos:
         cols.extend(info.value_columns(quadrants))
-    return cols + _TAIL
+    tail = list(_TAIL)
+    if spots:
+        tail.insert(tail.index("condition_s"), "spots_s")
+    return cols + tail
 
 
 def column_kind(name: str) -> str:
@@ -144,6 +153,45 @@ def error_text(exc: BaseException) -> str:
     """One line naming the problem (xrais errors already name their file)."""
     text = str(exc) if isinstance(exc, XraisError) else f"{type(exc).__name__}: {exc}"
     return " | ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+
+
+def with_geometry_overrides(image: Any, config: InferConfig) -> Any:
+    """``image`` with the run's ``distance_mm``, ``wavelength_A`` and ``beam_center_px`` in place of its header's.
+
+    A distance moves every panel along the first panel's normal; a beam centre moves the
+    panels in their plane so that the beam meets the detector there. Assembled multi-panel
+    images keep their panels and take the values as those of their flat grid.
+    """
+    changes: dict[str, Any] = {}
+    header = dict(image.header)
+    detector = image.detector
+    if config.wavelength_A is not None:
+        changes["beam"] = replace(image.beam, wavelength_A=config.wavelength_A)
+        header["wavelength_A"] = config.wavelength_A
+    coplanar = detector.is_coplanar_grid() and tuple(detector.array_shape) == tuple(image.pixels.shape)
+    if config.distance_mm is not None:
+        header["distance_mm"] = config.distance_mm
+        if coplanar:
+            shift = (config.distance_mm - detector.distance_mm) * detector.panels[0].normal
+            detector = replace(detector, panels=tuple(replace(p, origin_mm=tuple(np.asarray(p.origin_mm) + shift))
+                                                      for p in detector.panels))
+    if config.beam_center_px is not None:
+        changes["beam_center_px"] = tuple(config.beam_center_px)
+        if coplanar:
+            beam = changes.get("beam", image.beam)
+            (f0, s0), (f1, s1) = detector.beam_center_px(beam), config.beam_center_px
+            p0 = detector.panels[0]
+            shift = ((f0 - f1) * p0.pixel_size_mm[0] * np.asarray(p0.fast_axis)
+                     + (s0 - s1) * p0.pixel_size_mm[1] * np.asarray(p0.slow_axis))
+            detector = replace(detector, panels=tuple(replace(p, origin_mm=tuple(np.asarray(p.origin_mm) + shift))
+                                                      for p in detector.panels))
+    if config.distance_mm is not None and config.wavelength_A is not None:
+        header["geometry_from_header"] = True  # the run gives what the header lacked
+    if detector is not image.detector:
+        changes["detector"] = detector
+    if header != image.header:
+        changes["header"] = header
+    return replace(image, **changes) if changes else image
 
 
 def _now() -> str:
@@ -172,10 +220,13 @@ class Scorer:
     read_retry_s : float
         When reading a frame fails, wait this long and try once more (for files still being
         written); 0 tries once.
+    on_spots : callable, optional
+        Called as ``on_spots(image, analysis, row)`` after the spots of each frame are found
+        (to draw them, say).
     """
 
     def __init__(self, config: InferConfig, infos: Sequence[ModelInfo], *, device: str = "cpu", rank: int = 0,
-                 read_retry_s: float = 0.0) -> None:
+                 read_retry_s: float = 0.0, on_spots: Callable[[Any, Any, dict[str, Any]], None] | None = None) -> None:
         import torch
 
         from xrais.models import load_pretrained
@@ -185,7 +236,10 @@ class Scorer:
         self.device = torch.device(device)
         self.rank = rank
         self.read_retry_s = read_retry_s
-        self.columns = result_columns(self.infos, config.quadrants)
+        self.columns = result_columns(self.infos, config.quadrants, config.spots)
+        self.spot_params = config.spot_params() if config.spots else None
+        self.spot_threads = config.threads or torch.get_num_threads()
+        self.on_spots = on_spots
         self.models = []
         for info in self.infos:
             model = load_pretrained(info.path, device=self.device, sha256=info.sha256)
@@ -218,6 +272,31 @@ class Scorer:
             time.sleep(self.read_retry_s)
             return reader.read_frame(index)
 
+    def _spots(self, image: Any, row: dict[str, Any]) -> None:
+        """Find the spots of ``image`` and fill the row's spot columns (d from the run's geometry)."""
+        from xrais.infer.spots import analyze_image
+
+        t0 = time.perf_counter()
+        finder, hit = self.spot_params
+        analysis = analyze_image(with_geometry_overrides(image, self.config), finder, hit, n_threads=self.spot_threads)
+        row.update(analysis.row())
+        row["spots_s"] = time.perf_counter() - t0
+        if self.on_spots is not None:
+            self.on_spots(image, analysis, row)
+
+    def _geometry(self, image: Any, row: dict[str, Any], block: int | None) -> tuple[float, float, float]:
+        """Fill the row's geometry columns; (distance_mm, wavelength_A, pixel_mm)."""
+        cfg = self.config
+        known = bool(image.header.get("geometry_from_header", True))
+        distance_mm = cfg.distance_mm or (image.detector.distance_mm if known else math.nan)
+        wavelength_A = cfg.wavelength_A or (image.beam.wavelength_A if known else math.nan)
+        pixel_mm = float(image.detector.pixel_size_mm[0])
+        row.update(detector=image.detector.name, block=block if block is not None else image.downsample_block,
+                   distance_mm=float(distance_mm), wavelength_A=float(wavelength_A), pixel_mm=pixel_mm,
+                   beam_center_fast_px=float(image.beam_center_px[0]),
+                   beam_center_slow_px=float(image.beam_center_px[1]))
+        return float(distance_mm), float(wavelength_A), pixel_mm
+
     def _condition(self, image: Any, row: dict[str, Any]) -> _Pending:
         from xrais.conditioning import condition
         from xrais.conditioning.condition import resolve_block
@@ -225,15 +304,8 @@ class Scorer:
         cfg = self.config
         if cfg.beam_center_px is not None:
             image = replace(image, beam_center_px=cfg.beam_center_px)
-        known = bool(image.header.get("geometry_from_header", True))
-        distance_mm = cfg.distance_mm or (image.detector.distance_mm if known else math.nan)
-        wavelength_A = cfg.wavelength_A or (image.beam.wavelength_A if known else math.nan)
-        pixel_mm = float(image.detector.pixel_size_mm[0])
         block = resolve_block(image, self.blocks[0])
-        row.update(detector=image.detector.name, block=block, distance_mm=float(distance_mm),
-                   wavelength_A=float(wavelength_A), pixel_mm=pixel_mm,
-                   beam_center_fast_px=float(image.beam_center_px[0]),
-                   beam_center_slow_px=float(image.beam_center_px[1]))
+        distance_mm, wavelength_A, pixel_mm = self._geometry(image, row, block)
         if self._needs_geometry and not all(math.isfinite(v) and v > 0 for v in (distance_mm, wavelength_A)):
             raise ConfigError(f"{image.label}: the header gives no usable detector distance and wavelength "
                               f"({distance_mm} mm, {wavelength_A} Å); give --distance-mm and --wavelength-A")
@@ -287,8 +359,15 @@ class Scorer:
         row = self._row(path, index, n_frames)
         try:
             image = self._read(reader, index)
+            row["read_s"] = time.perf_counter() - t0
+            if self.spot_params is not None:
+                self._spots(image, row)
+            if not self.models:
+                self._geometry(with_geometry_overrides(image, self.config), row, None)
+                row["finished_at"] = _now()
+                self._rows.append(row)
+                return
             t1 = time.perf_counter()
-            row["read_s"] = t1 - t0
             pending = self._condition(image, row)
             row["condition_s"] = time.perf_counter() - t1
         except Exception as exc:

@@ -17,6 +17,9 @@ xrais info "${IMAGES[@]}"
 echo "== xrais condition → $OUT"
 xrais condition "${IMAGES[@]}" --out "$OUT" --png
 
+echo "== xrais spots: spots, resolution and hit call of every real image without a model, pictures in $OUT/spots"
+xrais spots "${IMAGES[@]}" --out "$OUT/spots.csv" --png "$OUT/spots"
+
 echo "== xrais nanobragg: a lysozyme still on a 1024×1024 PILATUS-pitch detector, Poisson noise from seed 1"
 (cd "$OUT" && xrais nanobragg -cell 79.1 79.1 38.4 90 90 90 -default_F 100 -N 10 -lambda 0.9795 \
     -distance 150 -pixel 0.172 -detpixels 1024 -oversample 3 -mosaic 0.2 -mosaic_domains 5 -misset 10 20 30 \
@@ -34,7 +37,8 @@ xrais train --data "$OUT/training" --task resolution --arch resnet18 --epochs 2 
     --val-fraction 0.25 --out "$OUT/model"
 xrais evaluate --model "$OUT/model" --data "$OUT/training" --out "$OUT/model/evaluation" --workers 0
 
-echo "== xrais infer: the real PILATUS 6M images scored with that model (4 quadrants), then the strip chart"
+echo "== xrais infer: the real PILATUS 6M images scored with that model (4 quadrants) and their spots found in the"
+echo "   same pass, then the strip chart (model and spot-based resolution on one panel, spot counts below)"
 xrais infer "$DATA"/real/pilatus6m/* --model "$OUT/model" --quadrants 4 --out "$OUT/results"
 xrais plot "$OUT/results" --out "$OUT/results/strip.png"
 

@@ -510,8 +510,15 @@ class Detector:
         """True if every panel lies on the grid of the first one (a flat tiled detector).
 
         Then the whole data array maps linearly to the lab and :meth:`array_lab_coord_mm`
-        applies to any array pixel, gaps included.
+        applies to any array pixel, gaps included. The answer is kept with the detector (it is
+        frozen), so asking again for every frame costs nothing.
         """
+        cache = self.__dict__.setdefault("_coplanar", {})
+        if tol_mm not in cache:
+            cache[tol_mm] = self._panels_on_one_grid(tol_mm)
+        return cache[tol_mm]
+
+    def _panels_on_one_grid(self, tol_mm: float) -> bool:
         p0 = self.panels[0]
         origin0 = np.asarray(p0.origin_mm) - (
             p0.array_offset_px[0] * p0.pixel_size_mm[0] * np.asarray(p0.fast_axis)
@@ -534,6 +541,11 @@ class Detector:
 
     def _array_panel(self) -> Panel:
         """The first panel extended to the whole data array (valid for a coplanar grid)."""
+        if "_array_panel_cache" not in self.__dict__:
+            self.__dict__["_array_panel_cache"] = self._make_array_panel()
+        return self.__dict__["_array_panel_cache"]
+
+    def _make_array_panel(self) -> Panel:
         if not self.is_coplanar_grid():
             raise GeometryError(
                 f"detector {self.name!r}: panels are not on one flat grid; assemble() them first"

@@ -24,7 +24,7 @@ from xrais.runs import LOCK_NAME
 
 from long_runs import signal_when
 
-_TIMING = ("read_s", "condition_s", "score_s", "finished_at")
+_TIMING = ("read_s", "spots_s", "condition_s", "score_s", "finished_at")
 
 
 @pytest.fixture(scope="module")

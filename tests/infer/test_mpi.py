@@ -40,7 +40,7 @@ def test_three_ranks_give_the_same_rows_as_one_process(tmp_path, checkpoints, re
     assert list(a.index) == list(b.index) and len(a) == 9  # 3 real frames, 5 series frames, 1 cut file
     assert set(b["rank"]) <= {1, 2} and set(a["rank"]) == {0}
     for col in a.columns:
-        if col in ("read_s", "condition_s", "score_s", "rank", "finished_at"):
+        if col in ("read_s", "spots_s", "condition_s", "score_s", "rank", "finished_at"):
             continue
         if column_kind(col) == "float":
             np.testing.assert_allclose(b[col].to_numpy(), a[col].to_numpy(), rtol=1e-5, err_msg=col)
@@ -62,7 +62,7 @@ def _assert_same_rows(got, want) -> None:
     b = want.set_index(["file", "frame"]).sort_index()
     assert list(a.index) == list(b.index), "frames missing or repeated"
     for col in b.columns:
-        if col in ("read_s", "condition_s", "score_s", "rank", "finished_at"):
+        if col in ("read_s", "spots_s", "condition_s", "score_s", "rank", "finished_at"):
             continue
         if column_kind(col) == "float":
             np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, err_msg=col)

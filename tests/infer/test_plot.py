@@ -57,7 +57,7 @@ def test_the_strip_chart_is_written_with_a_row_of_panels_per_data_set(tmp_path):
     assert one["panels"] == ["resolution"] and one["datasets"] == ["set0/xtal0"]
     many = plot_results(_rows(4, 5), tmp_path / "many.png", max_datasets=2)
     assert len(many["datasets"]) == 2 and many["images"] == 10
-    with pytest.raises(DatasetError, match="no resolution or multi-lattice"):
+    with pytest.raises(DatasetError, match="no resolution, spot or multi-lattice"):
         plot_results(pd.DataFrame({"file": ["/a_1.cbf"], "frame": [0], "error": [""]}), tmp_path / "x.png")
     with pytest.raises(DatasetError, match="no rows"):
         plot_results(_rows(1, 2).iloc[:0], tmp_path / "x.png")

@@ -42,7 +42,7 @@ def test_rows_agree_with_the_models_predict(scorer, checkpoints, real_images):
     assert (first["detector"], first["block"], first["distance_mm"], first["wavelength_A"]) == ("pilatus6m", 2, 351.0, 0.96859)
     assert (first["beam_center_fast_px"], first["beam_center_slow_px"]) == (1261.61, 1306.96)
     assert rows[1]["block"] == 4 and rows[1]["n_frames"] == 1 and first["models"] == "resolution;multilattice"
-    assert all(r[k] > 0 for r in rows for k in ("read_s", "condition_s", "score_s"))
+    assert all(r[k] > 0 for r in rows for k in ("read_s", "spots_s", "condition_s", "score_s"))
 
 
 def test_bad_files_become_error_rows_and_the_rest_is_scored(scorer, real_images, tmp_path, helpers):
