@@ -121,7 +121,7 @@ def infer(
     from xrais.infer.spots import parse_settings
     from xrais.infer.watch import RunStats
     from xrais.parallel import mpi_world
-    from xrais.runs import RunLock, exit_status, stop_on_signals
+    from xrais.runs import RunLock, check_out_dir_collectively, exit_status, stop_on_signals
 
     config = make_config(
         InferConfig, models=tuple(model), spots=spots, spot_settings=parse_settings(spot), quadrants=quadrants,
@@ -138,7 +138,7 @@ def infer(
         raise ConfigError("xrais infer: give image files, folders or globs ('-' for stdin), or --watch DIR")
     comm = mpi_world()
     rank = comm.Get_rank() if comm is not None else 0
-    _check_out_collectively(out, comm)
+    check_out_dir_collectively(out, comm)
     stats = RunStats()
     live = rank == 0 and err_console.is_terminal
     last_line = [time.monotonic()]
@@ -177,24 +177,6 @@ def infer(
     code = exit_status(report.errors, stop)
     if code:
         raise typer.Exit(code)
-
-
-def _check_out_collectively(out: Path, comm: Any) -> None:
-    """Check --out on rank 0 (creating it); under MPI every rank raises the same one-line error."""
-    from xrais.errors import ConfigError
-    from xrais.runs import check_out_dir
-
-    rank = comm.Get_rank() if comm is not None else 0
-    problem = None
-    if rank == 0:
-        try:
-            check_out_dir(out)
-        except ConfigError as exc:
-            problem = str(exc)
-    if comm is not None and comm.Get_size() > 1:
-        problem = comm.bcast(problem, root=0)
-    if problem is not None:
-        raise ConfigError(problem)
 
 
 def plot(

@@ -69,7 +69,7 @@ from xrais.infer.merge import (
 from xrais.infer.reflections import ReflectionSimulationConfig, ReflectionSimulator, frame_to_table
 from xrais.models.checkpoint import load_torch_state, save_torch_state
 from xrais.models.variational.wilson import UniqueReflections, make_space_group
-from xrais.runs import FlushSchedule, RunLock, check_out_dir
+from xrais.runs import FlushSchedule, RunLock, check_out_dir_collectively
 
 __all__ = ["PipelineConfig", "CustomSourceConfig", "ImageSource", "make_image_source", "run_pipeline",
            "load_pipeline_config"]
@@ -555,16 +555,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, comm: Any = Non
     unique = UniqueReflections(uc, make_space_group(source.space_group), source.d_min_A,
                                anomalous=config.merge.anomalous)
     columns = tuple(config.merge.metadata_columns)
-    problem = None
-    if rank == 0:
-        try:
-            check_out_dir(out)
-        except ConfigError as exc:
-            problem = str(exc)
-    if size > 1:
-        problem = comm.bcast(problem, root=0)
-    if problem is not None:
-        raise ConfigError(problem)
+    check_out_dir_collectively(out, comm if size > 1 else None)
     with RunLock(out, "xrais pipeline", comm=comm if size > 1 else None):
         if rank != 0:
             return _worker(comm, source, unique, columns)

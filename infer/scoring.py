@@ -273,12 +273,12 @@ class Scorer:
             return reader.read_frame(index)
 
     def _spots(self, image: Any, row: dict[str, Any]) -> None:
-        """Find the spots of ``image`` and fill the row's spot columns (d from the run's geometry)."""
+        """Find the spots of ``image`` (the run's geometry already applied) and fill the row's spot columns."""
         from xrais.infer.spots import analyze_image
 
         t0 = time.perf_counter()
         finder, hit = self.spot_params
-        analysis = analyze_image(with_geometry_overrides(image, self.config), finder, hit, n_threads=self.spot_threads)
+        analysis = analyze_image(image, finder, hit, n_threads=self.spot_threads)
         row.update(analysis.row())
         row["spots_s"] = time.perf_counter() - t0
         if self.on_spots is not None:
@@ -360,10 +360,12 @@ class Scorer:
         try:
             image = self._read(reader, index)
             row["read_s"] = time.perf_counter() - t0
+            if self.spot_params is not None or not self.models:
+                placed = with_geometry_overrides(image, self.config)
             if self.spot_params is not None:
-                self._spots(image, row)
+                self._spots(placed, row)
             if not self.models:
-                self._geometry(with_geometry_overrides(image, self.config), row, None)
+                self._geometry(placed, row, None)
                 row["finished_at"] = _now()
                 self._rows.append(row)
                 return

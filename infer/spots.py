@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 
@@ -571,12 +570,6 @@ def analyze_image(image: Any, params: SpotFinderParams | None = None, hit: HitPa
     return SpotAnalysis(spots=spots, ice=ice, counted=counted, resolution=resolution,
                         hit=call_hit(int(counted.sum()), hit), missing_geometry=missing,
                         seconds=time.perf_counter() - t0)
-
-
-def default_threads() -> int:
-    """Threads the spot finder uses by default: ``XRAIS_SPOT_THREADS``, else Numba's count."""
-    value = os.environ.get("XRAIS_SPOT_THREADS")
-    return int(value) if value and value.isdigit() and int(value) > 0 else _threads(None)
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:

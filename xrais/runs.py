@@ -37,7 +37,7 @@ from xrais.errors import ConfigError, RunInterrupted, RunLockedError
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_STATUS_HELP", "exit_status",
-    "check_out_dir", "check_out_file", "RunLock", "LOCK_NAME",
+    "check_out_dir", "check_out_dir_collectively", "check_out_file", "RunLock", "LOCK_NAME",
     "StopRequest", "stop_on_signals", "FlushSchedule",
 ]
 
@@ -108,6 +108,30 @@ def check_out_dir(path: str | Path, option: str = "--out") -> Path:
     except OSError as exc:
         raise ConfigError(f"{out}: {option} folder cannot be created or written ({exc.strerror or exc})") from None
     return out
+
+
+def check_out_dir_collectively(path: str | Path, comm: Any = None, option: str = "--out") -> Path:
+    """:func:`check_out_dir` on rank 0 only; under MPI every rank raises the same one-line error.
+
+    Parameters
+    ----------
+    path : str or Path
+    comm : mpi4py communicator, optional
+        None (or one rank): the same as :func:`check_out_dir`.
+    option : str
+    """
+    rank = comm.Get_rank() if comm is not None else 0
+    problem = None
+    if rank == 0:
+        try:
+            check_out_dir(path, option)
+        except ConfigError as exc:
+            problem = str(exc)
+    if comm is not None and comm.Get_size() > 1:
+        problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
+    return Path(path)
 
 
 def check_out_file(path: str | Path, option: str = "--out") -> Path:
