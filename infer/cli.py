@@ -8,7 +8,10 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-__all__ = ["register", "infer", "spots", "plot"]
+__all__ = ["register", "infer", "spots", "plot", "DEFAULT_MODEL"]
+
+#: The shipped model ``xrais infer`` scores with when no ``--model`` is given.
+DEFAULT_MODEL = "resolution"
 
 
 def _summary_table(stats: Any, title: str) -> Any:
@@ -33,6 +36,9 @@ def _summary_table(stats: Any, title: str) -> Any:
                           + (f", {d:.2f} Å" if isinstance(d, float) and d == d else ""))
         if "multilattice_probability" in last:
             table.add_row("last multi-lattice P", f"{last['multilattice_probability']:.3f}")
+        warnings = [str(v) for k, v in last.items() if k.endswith("model_warning") and v]
+        if warnings:
+            table.add_row("last model warning", f"[yellow]{'; '.join(warnings)}[/]")
     if stats.last_error:
         table.add_row("last error", f"[red]{stats.last_error}[/]")
     return table
@@ -60,11 +66,37 @@ def _report_table(report: Any, out: Path) -> Any:
     return table
 
 
+def _choose_models(model: List[str], no_model: bool) -> tuple[tuple[str, ...], str | None]:
+    """The models to score with, and a line saying where a default one came from (None: not a default).
+
+    Without ``--model`` (and without ``--no-model``) the shipped model :data:`DEFAULT_MODEL` is
+    used when xrais ships one; else the rows hold the spot columns alone, as before.
+    """
+    from xrais.errors import CheckpointError, ConfigError
+    from xrais.models.checkpoint import shipped_checkpoints
+
+    if no_model and model:
+        raise ConfigError(f"xrais infer: --no-model and --model {model[0]} exclude each other")
+    if model or no_model:
+        return tuple(model), None
+    shipped = shipped_checkpoints().get(DEFAULT_MODEL)
+    if shipped is None:
+        return (), None
+    if not shipped.path.is_file():
+        raise CheckpointError(f"model {DEFAULT_MODEL!r}: the shipped index lists {shipped.path.name}, which does "
+                              f"not exist in {shipped.path.parent} (give --model, or --no-model for spots only)")
+    return (str(shipped.path),), (f"model: {DEFAULT_MODEL}, shipped with xrais ({shipped.path}); "
+                                  "--model M for another, --no-model for the spot columns alone")
+
+
 def infer(
     images: Optional[List[str]] = typer.Argument(
         None, help="Image files, folders or globs; '-' reads file paths from stdin.", show_default=False),
     model: List[str] = typer.Option([], "--model", "-m", show_default=False,
-                                    help="Checkpoint file, folder or name (repeat for more; none: spots only)."),
+                                    help="Checkpoint file, folder or name (repeat for more). Default: the "
+                                         f"'{DEFAULT_MODEL}' model shipped with xrais, when there is one."),
+    no_model: bool = typer.Option(False, "--no-model",
+                                  help="Score with no model: the spot columns alone (n_spots, …, hit)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (resumed if it exists)."),
     quadrants: int = typer.Option(4, "--quadrants", "-q", help="Score 4 quadrants, or 1 (quadrant 0)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Quadrants per forward pass."),
@@ -96,9 +128,15 @@ def infer(
 ) -> None:
     """Score diffraction images with resolution / multi-lattice models and find their spots, one row per image.
 
-    Without --model the rows hold the model-free answer alone: spots found
-    by DIALS's dispersion threshold, d_5pct_A, the DISTL resolution limit
-    and the hit call (see `xrais spots`).
+    Without --model the resolution model shipped with xrais is used, when
+    this xrais ships one (`xrais models list`; a line says so); with
+    --no-model, or when none is shipped, the rows hold the model-free answer
+    alone: spots found by DIALS's dispersion threshold, d_5pct_A, the DISTL
+    resolution limit and the hit call (see `xrais spots`). The spot columns
+    are in the rows with models too (--no-spots leaves them out). A model
+    that records the geometry it was trained on adds a model_warning column:
+    empty, or what of the image's pixel size, distance, wavelength or
+    detector tilt lies outside that geometry (the values are kept).
 
     Rows go to OUT/results.csv as they come (and results.h5 or
     results.parquet); a killed run started again with the same arguments
@@ -123,8 +161,9 @@ def infer(
     from xrais.parallel import mpi_world
     from xrais.runs import RunLock, check_out_dir_collectively, exit_status, stop_on_signals
 
+    models, default_note = _choose_models(model, no_model)
     config = make_config(
-        InferConfig, models=tuple(model), spots=spots, spot_settings=parse_settings(spot), quadrants=quadrants,
+        InferConfig, models=models, spots=spots, spot_settings=parse_settings(spot), quadrants=quadrants,
         block=downsample, batch_size=batch_size,
         device=device, precision=precision, channels_last=channels_last, threads=threads,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()), chunk_frames=chunk_frames,
@@ -139,6 +178,8 @@ def infer(
     comm = mpi_world()
     rank = comm.Get_rank() if comm is not None else 0
     check_out_dir_collectively(out, comm)
+    if default_note is not None and rank == 0:
+        console.print(default_note, highlight=False, soft_wrap=True)
     stats = RunStats()
     live = rank == 0 and err_console.is_terminal
     last_line = [time.monotonic()]

@@ -31,7 +31,9 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: tuple[str, ...] = Field((), description="checkpoint files, folders or registered names (none: spots only)")
+    models: tuple[str, ...] = Field((), description="checkpoint files, folders or registered names (empty: spots "
+                                                    "only; `xrais infer` without --model puts the shipped "
+                                                    "resolution model here when there is one)")
     spots: bool = Field(True, description="find spots (DIALS's dispersion threshold) in the same pass: n_spots, "
                                           "d_5pct_A, spot_resolution_A and the hit call, with or without models")
     spot_settings: dict[str, Any] = Field(default_factory=dict,

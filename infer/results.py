@@ -413,7 +413,8 @@ def read_results(path: str | Path) -> Any:
         p = _results_file(p)
     try:
         if p.suffix == ".csv":
-            text = ("file", "detector", "models", "finished_at", "error")
+            header = pd.read_csv(p, nrows=0).columns
+            text = [c for c in header if column_kind(c) == "str"]  # model_warning columns too
             df = pd.read_csv(p, keep_default_na=False, na_values=["nan", ""], dtype={c: str for c in text})
             for c in text:
                 if c in df:

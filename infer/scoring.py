@@ -18,6 +18,13 @@ the model-free spot columns when spot finding is on (:data:`xrais.infer.spots.SP
 ``rank``, ``finished_at`` (UTC) and ``error``. With no model the row holds the spot columns
 alone (and ``models`` is empty). A second model of the same task gets its columns prefixed
 ``m{k}_`` (k its position in the model list, from 1).
+
+A model whose checkpoint records the geometry it was trained on (provenance
+``training_geometry``, :mod:`xrais.models.training_geometry`) adds a text column after its
+values, ``model_warning`` (``m{k}_model_warning`` for each such model when the run has
+several models): empty when the frame's pixel size, distance, wavelength and detector tilt
+are inside what the model was trained on, else what lies outside ("distance 850 mm outside
+the trained 200–300 mm; detector tilted 2θ=30°"). The values are written either way.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 from xrais.errors import CheckpointError, ConfigError, CorruptImageError, XraisError
 from xrais.infer.config import InferConfig
 from xrais.infer.work import FrameRef, WorkItem
+from xrais.models.training_geometry import TrainingGeometry
 
 __all__ = ["ModelInfo", "describe_models", "result_columns", "column_kind", "Scorer", "error_text", "empty_row",
            "with_geometry_overrides"]
@@ -70,6 +78,10 @@ class ModelInfo:
         The model's conditioning block (None: the detector's own).
     prefix : str
         Column prefix, ``""`` for the first model of a task, else ``"m{k}_"``.
+    training_geometry : TrainingGeometry or None
+        The checkpoint's validated ``training_geometry``, when it records one.
+    warning_column : str
+        The column of the frame's geometry warnings, ``""`` without a training geometry.
     """
 
     name: str
@@ -80,17 +92,24 @@ class ModelInfo:
     arch: str
     block: int | None
     prefix: str = ""
+    training_geometry: TrainingGeometry | None = None
+    warning_column: str = ""
 
     def value_columns(self, quadrants: int) -> list[str]:
-        """This model's columns for ``quadrants`` quadrants."""
+        """This model's columns for ``quadrants`` quadrants (its warning column last, if any)."""
         p = self.prefix
         if self.task == "resolution":
-            return ([f"{p}resolution_q{i}_A" for i in range(quadrants)]
+            cols = ([f"{p}resolution_q{i}_A" for i in range(quadrants)]
                     + [f"{p}min_resolution_A", f"{p}mean_resolution_A"])
-        return [f"{p}multilattice_q{i}_probability" for i in range(quadrants)] + [f"{p}multilattice_probability"]
+        else:
+            cols = [f"{p}multilattice_q{i}_probability" for i in range(quadrants)] + [f"{p}multilattice_probability"]
+        return cols + ([self.warning_column] if self.warning_column else [])
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "source", "path", "sha256", "task", "arch", "block", "prefix")}
+        out = {k: getattr(self, k) for k in ("name", "source", "path", "sha256", "task", "arch", "block", "prefix")}
+        if self.training_geometry is not None:
+            out.update(training_geometry=self.training_geometry.to_dict(), warning_column=self.warning_column)
+        return out
 
 
 def describe_models(sources: Sequence[str]) -> list[ModelInfo]:
@@ -114,9 +133,14 @@ def describe_models(sources: Sequence[str]) -> list[ModelInfo]:
         given = Path(str(source)).expanduser()
         name = given.name if given.is_dir() else (path.stem if given.is_file() else str(source))
         task = meta.config.task
+        trained, warning_column = meta.provenance.get("training_geometry"), ""
+        if trained is not None:
+            trained = TrainingGeometry.from_dict(trained, where=path.name)
+            warning_column = "model_warning" if len(sources) == 1 else f"m{k}_model_warning"
         infos.append(ModelInfo(name=name, source=str(source), path=str(path.resolve()), sha256=sha, task=task,
                                arch=meta.config.arch, block=meta.config.conditioning.block,
-                               prefix="" if task not in seen_tasks else f"m{k}_"))
+                               prefix="" if task not in seen_tasks else f"m{k}_", training_geometry=trained,
+                               warning_column=warning_column))
         seen_tasks.add(task)
     return infos
 
@@ -136,7 +160,9 @@ def result_columns(infos: Sequence[ModelInfo], quadrants: int, spots: bool = Fal
 
 def column_kind(name: str) -> str:
     """``"str"``, ``"int"`` or ``"float"``: how a column is stored."""
-    return "str" if name in _TEXT else "int" if name in _INT else "float"
+    if name in _TEXT or name == "model_warning" or name.endswith("_model_warning"):
+        return "str"
+    return "int" if name in _INT else "float"
 
 
 def empty_row(columns: Sequence[str], path: str, frame: int) -> dict[str, Any]:
@@ -247,6 +273,8 @@ class Scorer:
                 model = model.to(memory_format=torch.channels_last)
             self.models.append(model.eval())
         self.blocks = [config.block if config.block is not None else info.block for info in self.infos]
+        self._trained = [(info.warning_column, info.training_geometry) for info in self.infos
+                         if info.training_geometry is not None]
         self.model_names = ";".join(info.name for info in self.infos)
         self._needs_geometry = any(info.task == "resolution" for info in self.infos)
         self._pending: list[_Pending] = []
@@ -296,6 +324,17 @@ class Scorer:
                    beam_center_fast_px=float(image.beam_center_px[0]),
                    beam_center_slow_px=float(image.beam_center_px[1]))
         return float(distance_mm), float(wavelength_A), pixel_mm
+
+    def _warn(self, image: Any, row: dict[str, Any]) -> None:
+        """Fill each warning column: what of the frame's geometry (as in the row) is outside the model's training."""
+        if not self._trained:
+            return
+        detector = image.detector
+        frame = dict(pixel_mm=float(row["pixel_mm"]), distance_mm=float(row["distance_mm"]),
+                     wavelength_A=float(row["wavelength_A"]), tilt_deg=detector.tilt_deg(image.beam),
+                     flat=len(detector.panels) == 1 or detector.is_coplanar_grid())
+        for column, trained in self._trained:
+            row[column] = trained.warning(**frame)
 
     def _condition(self, image: Any, row: dict[str, Any]) -> _Pending:
         from xrais.conditioning import condition
@@ -372,6 +411,7 @@ class Scorer:
             t1 = time.perf_counter()
             pending = self._condition(image, row)
             row["condition_s"] = time.perf_counter() - t1
+            self._warn(image, row)
         except Exception as exc:
             if math.isnan(row["read_s"]):
                 row["read_s"] = time.perf_counter() - t0

@@ -368,6 +368,8 @@ def on_ice_rings(d_A: np.ndarray, width_d_star_sq: float = ICE_RING_WIDTH_D_STAR
     if not finite.any():
         return out
     rings = 1.0 / np.square(np.asarray(ice_ring_d_spacings_A(max(0.5, float(np.min(d[finite])) * 0.95))))
+    if rings.size == 0:  # every spot at lower resolution than the first ring
+        return out
     ds2 = 1.0 / np.square(d[finite])
     near = np.abs(ds2[:, None] - rings[None, :]).min(axis=1) <= width_d_star_sq
     out[finite] = near

@@ -3,7 +3,7 @@
 Typical use::
 
     from xrais.models import load_pretrained
-    model = load_pretrained("resolution.safetensors")   # or a folder, or a registered name
+    model = load_pretrained("resolution.safetensors")   # or a folder, or a name (user's folder, else shipped)
     pred = model.predict(image)                          # DiffractionImage or conditioned arrays
     pred.min_resolution_A
 
@@ -12,6 +12,7 @@ Building and saving::
     from xrais.models import build_model, save_checkpoint
     model = build_model("resnet50", "resolution")        # Table 2: 25,650,961 parameters
     save_checkpoint(model, "out/best.safetensors", epochs=30, metrics={"mae": 0.01})
+    save_checkpoint(model, "small.safetensors", weights_dtype="float16")   # half the size, loads as float32
 """
 
 from typing import TYPE_CHECKING
@@ -36,10 +37,14 @@ __all__ = [
     "load_checkpoint_meta",
     "resolve_checkpoint",
     "list_checkpoints",
+    "shipped_checkpoints",
     "default_models_dir",
+    "shipped_models_dir",
     "unwrap_model",
     "CheckpointMeta",
+    "ShippedCheckpoint",
     "CHECKPOINT_FORMAT",
+    "WEIGHTS_DTYPES",
     "Prediction",
     "predict",
     "resolution_resnet18",
@@ -57,8 +62,9 @@ __all__ = [
 # Names are imported from their modules on first use (xrais._lazy): importing the package stays cheap.
 lazy_package(__name__, {
     "xrais.models.checkpoint": (
-        "CHECKPOINT_FORMAT", "CheckpointMeta", "default_models_dir", "list_checkpoints", "load_checkpoint_meta",
-        "load_pretrained", "resolve_checkpoint", "save_checkpoint", "unwrap_model",
+        "CHECKPOINT_FORMAT", "WEIGHTS_DTYPES", "CheckpointMeta", "ShippedCheckpoint", "default_models_dir",
+        "list_checkpoints", "load_checkpoint_meta", "load_pretrained", "resolve_checkpoint", "save_checkpoint",
+        "shipped_checkpoints", "shipped_models_dir", "unwrap_model",
     ),
     "xrais.models.predict": ("Prediction", "predict"),
     "xrais.models.registry": ("get_model", "list_models", "register_model"),
@@ -73,13 +79,17 @@ lazy_package(__name__, {
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at once
     from xrais.models.checkpoint import (
         CHECKPOINT_FORMAT,
+        WEIGHTS_DTYPES,
         CheckpointMeta,
+        ShippedCheckpoint,
         default_models_dir,
         list_checkpoints,
         load_checkpoint_meta,
         load_pretrained,
         resolve_checkpoint,
         save_checkpoint,
+        shipped_checkpoints,
+        shipped_models_dir,
         unwrap_model,
     )
     from xrais.models.predict import Prediction, predict

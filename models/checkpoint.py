@@ -9,10 +9,13 @@ state dict and whose string metadata are::
     provenance      JSON object: training config, data, epochs, metrics, … (free form)
     xrais_version   version of xrais that wrote the file
     num_params      number of parameters, as a decimal string
+    weights_dtype   dtype of the stored floating-point tensors ("float32", "float16",
+                    "bfloat16"); integer buffers keep their own
 
 Loading never executes code from the file: safetensors holds only tensors and strings. The
 metadata are checked before any model is built, and the weights must match the rebuilt model
-key for key and shape for shape (no partial loads).
+key for key and shape for shape (no partial loads). Weights stored in float16 or bfloat16
+are loaded into the float32 model.
 
 Names resolve in a models folder: the ``models_dir`` argument, else ``$XRAIS_MODELS``, else
 ``$XDG_CACHE_HOME/xrais/models`` (``~/.cache/xrais/models``). There ``NAME.safetensors`` may
@@ -20,7 +23,11 @@ have a ``NAME.sha256`` beside it (``sha256sum`` output), or ``index.json`` may l
 
     {"NAME": {"file": "NAME.safetensors", "sha256": "<64 hex digits>", "description": "…"}}
 
-When a digest is known (argument, sidecar or index) the file must match it.
+A name not found there is looked up among the models shipped with xrais
+(:func:`shipped_models_dir`, the package's ``models/pretrained/`` folder), where only
+``index.json`` entries count and each must give its SHA-256: the user's folder wins, so a
+model of the same name there replaces the shipped one. When a digest is known (argument,
+sidecar or index; a shipped file named by its path included) the file must match it.
 """
 
 from __future__ import annotations
@@ -34,18 +41,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from xrais._version import __version__
-from xrais.errors import CheckpointError
+from xrais.errors import CheckpointError, ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_SUFFIX",
     "CheckpointMeta",
+    "ShippedCheckpoint",
+    "WEIGHTS_DTYPES",
     "save_checkpoint",
     "load_pretrained",
     "load_checkpoint_meta",
     "resolve_checkpoint",
     "default_models_dir",
+    "shipped_models_dir",
     "list_checkpoints",
+    "shipped_checkpoints",
     "compute_sha256",
     "unwrap_model",
     "load_torch_state",
@@ -57,6 +68,9 @@ CHECKPOINT_FORMAT = "xrais-model-1"
 CHECKPOINT_SUFFIX = ".safetensors"
 _INDEX = "index.json"
 _PREFERRED = ("best.safetensors", "model.safetensors")
+#: dtypes ``save_checkpoint(weights_dtype=…)`` can store floating-point tensors in.
+WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,10 @@ class CheckpointMeta:
         Version of xrais that wrote the file.
     num_params : int
         Number of parameters recorded at save time.
+    weights_dtype : str
+        dtype of the stored floating-point tensors (``"float32"``, ``"float16"``,
+        ``"bfloat16"``; comma-separated if several), from the metadata, else from the
+        tensor headers of files written before it was recorded.
     """
 
     path: Path
@@ -82,6 +100,7 @@ class CheckpointMeta:
     provenance: dict[str, Any]
     xrais_version: str
     num_params: int
+    weights_dtype: str = "float32"
 
 
 def _jsonable(value: Any) -> Any:
@@ -116,7 +135,8 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
-def save_checkpoint(model: Any, path: str | os.PathLike[str], /, **provenance: Any) -> Path:
+def save_checkpoint(model: Any, path: str | os.PathLike[str], /, *, weights_dtype: str | None = None,
+                    **provenance: Any) -> Path:
     """Write ``model`` and its config to one safetensors file, atomically.
 
     The file is written to a temporary name in the same folder and renamed into place
@@ -128,9 +148,14 @@ def save_checkpoint(model: Any, path: str | os.PathLike[str], /, **provenance: A
         The model, possibly wrapped by DDP or ``torch.compile``.
     path : str or Path
         Destination; ``.safetensors`` is the usual suffix. Parent folders are created.
+    weights_dtype : {"float16", "bfloat16", "float32"}, optional
+        Store the floating-point tensors (weights and BatchNorm statistics) in this dtype;
+        integer buffers (``num_batches_tracked``) keep theirs. float16 halves a float32 file
+        (for models shipped in the package); None stores the model's own dtypes.
     **provenance
         Free-form JSON-able facts stored with the weights: training config, data, epochs,
-        metrics, … (pydantic models, dataclasses, paths and numpy values are converted).
+        metrics, ``training_geometry`` (see :mod:`xrais.models.training_geometry`), …
+        (pydantic models, dataclasses, paths and numpy values are converted).
 
     Returns
     -------
@@ -139,25 +164,53 @@ def save_checkpoint(model: Any, path: str | os.PathLike[str], /, **provenance: A
 
     Raises
     ------
+    ConfigError
+        ``weights_dtype`` is not one of :data:`WEIGHTS_DTYPES`.
     CheckpointError
-        ``model`` is not an xrais model.
+        ``model`` is not an xrais model, or a finite value does not fit in ``weights_dtype``
+        (beyond float16's ±65504).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from xrais.models import build_model
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_checkpoint(build_model("resnet18", "multilattice"), f"{folder}/m.safetensors",
+    ...                            weights_dtype="float16", epochs=1)
+    ...     load_checkpoint_meta(path).weights_dtype
+    'float16'
     """
     import torch
 
     from xrais.models.resnet import XraisResNet
 
     path = Path(path)
+    if weights_dtype is not None and weights_dtype not in WEIGHTS_DTYPES:
+        raise ConfigError(f"weights_dtype {weights_dtype!r}: expected one of {', '.join(WEIGHTS_DTYPES)} or None")
     inner = unwrap_model(model)
     if not isinstance(inner, XraisResNet):
         raise CheckpointError(f"{path.name}: expected an XraisResNet to save, got {type(inner).__name__}")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in inner.state_dict().items()
-               if isinstance(v, torch.Tensor)}
+    cast_to = getattr(torch, weights_dtype) if weights_dtype is not None else None
+    tensors = {}
+    for key, value in inner.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        tensor = value.detach().to("cpu")
+        if cast_to is not None and tensor.is_floating_point() and tensor.dtype != cast_to:
+            cast = tensor.to(cast_to)
+            if bool((torch.isfinite(tensor) & ~torch.isfinite(cast)).any()):
+                raise CheckpointError(f"{path.name}: {key} does not fit in {weights_dtype} (largest |value| "
+                                      f"{float(tensor.abs().max()):.4g}); store it as bfloat16 or float32")
+            tensor = cast
+        tensors[key] = tensor.contiguous().clone()
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()})
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "config": inner.config.model_dump_json(),
         "provenance": json.dumps(_jsonable(provenance), sort_keys=True),
         "xrais_version": __version__,
         "num_params": str(inner.num_params()),
+        "weights_dtype": ",".join(stored) or "float32",
     }
     return write_safetensors(tensors, path, metadata)
 
@@ -290,6 +343,37 @@ def default_models_dir() -> Path:
     return base / "xrais" / "models"
 
 
+def shipped_models_dir() -> Path:
+    """The folder of models shipped inside the package (``xrais/models/pretrained/``).
+
+    Its ``index.json`` lists each shipped model with its file, SHA-256 and description; it
+    is ``{}`` while none is shipped.
+    """
+    return Path(__file__).resolve().with_name("pretrained")
+
+
+@dataclass(frozen=True)
+class ShippedCheckpoint:
+    """One entry of the shipped models' ``index.json``.
+
+    Attributes
+    ----------
+    name : str
+        The name it resolves by (``load_pretrained("resolution")``).
+    path : Path
+        The checkpoint file (it may be missing if the package is broken).
+    sha256 : str
+        Its expected SHA-256, 64 lowercase hex digits ("" if the index gives none).
+    description : str
+        One line for ``xrais models list``.
+    """
+
+    name: str
+    path: Path
+    sha256: str
+    description: str
+
+
 def _read_index(folder: Path) -> dict[str, Any]:
     index = folder / _INDEX
     if not index.is_file():
@@ -304,7 +388,10 @@ def _read_index(folder: Path) -> dict[str, Any]:
 
 
 def list_checkpoints(models_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Names and files of the checkpoints in a models folder (index entries and ``*.safetensors``)."""
+    """Names and files of the checkpoints in a models folder (index entries and ``*.safetensors``).
+
+    The models shipped with xrais are listed by :func:`shipped_checkpoints`.
+    """
     folder = Path(models_dir) if models_dir is not None else default_models_dir()
     if not folder.is_dir():
         return {}
@@ -313,6 +400,24 @@ def list_checkpoints(models_dir: str | os.PathLike[str] | None = None) -> dict[s
         if isinstance(entry, dict) and "file" in entry:
             found[name] = folder / str(entry["file"])
     return dict(sorted(found.items()))
+
+
+def shipped_checkpoints() -> dict[str, ShippedCheckpoint]:
+    """The models shipped with xrais, by name: the entries of :func:`shipped_models_dir`'s ``index.json``.
+
+    Raises
+    ------
+    CheckpointError
+        The index is not a readable JSON object.
+    """
+    folder = shipped_models_dir()
+    found = {}
+    for name, entry in sorted(_read_index(folder).items()):
+        if isinstance(entry, dict) and "file" in entry:
+            found[name] = ShippedCheckpoint(name=name, path=folder / str(entry["file"]),
+                                            sha256=str(entry.get("sha256") or "").lower(),
+                                            description=str(entry.get("description") or ""))
+    return found
 
 
 def _pick_in_folder(folder: Path) -> Path:
@@ -327,6 +432,53 @@ def _pick_in_folder(folder: Path) -> Path:
                           f"checkpoint, found {contents}")
 
 
+def _find_in_folder(name: str, folder: Path, *, shipped: bool) -> tuple[Path, str | None] | None:
+    """The file and digest of model ``name`` in ``folder``; None when the folder has no such model.
+
+    In the user's folder an ``index.json`` entry comes first, then ``NAME.safetensors`` (with
+    an optional ``NAME.sha256``); in the shipped folder only index entries count, and each
+    must give a SHA-256.
+    """
+    if not folder.is_dir():
+        return None
+    entry = _read_index(folder).get(name)
+    if isinstance(entry, dict) and "file" in entry:
+        file = folder / str(entry["file"])
+        if not file.is_file():
+            raise CheckpointError(f"model {name!r}: {folder / _INDEX} lists {entry['file']}, which does not exist")
+        digest = str(entry["sha256"]).lower() if entry.get("sha256") else None
+        if shipped and digest is None:
+            raise CheckpointError(f"model {name!r}: {folder / _INDEX} lists {entry['file']} without its sha256 "
+                                  "(every model shipped with xrais has one)")
+        return file, digest
+    if shipped:
+        return None
+    stem = name[: -len(CHECKPOINT_SUFFIX)] if name.endswith(CHECKPOINT_SUFFIX) else name
+    file = folder / f"{stem}{CHECKPOINT_SUFFIX}"
+    if not file.is_file():
+        return None
+    sidecar = folder / f"{stem}.sha256"
+    digest = None
+    if sidecar.is_file():
+        words = sidecar.read_text(encoding="utf-8").split()
+        digest = words[0].lower() if words else None
+    return file, digest
+
+
+def _shipped_digest(file: Path) -> str | None:
+    """The shipped index's SHA-256 of ``file`` when it is one of the shipped models, else None."""
+    folder = shipped_models_dir()
+    try:
+        if file.resolve().parent != folder.resolve():
+            return None
+    except OSError:
+        return None
+    for entry in shipped_checkpoints().values():
+        if entry.path.name == file.name and entry.sha256:
+            return entry.sha256
+    return None
+
+
 def resolve_checkpoint(
     path_or_name: str | os.PathLike[str],
     *,
@@ -338,46 +490,42 @@ def resolve_checkpoint(
     ----------
     path_or_name : str or Path
         A checkpoint file; a folder (``best.safetensors``, else ``model.safetensors``, else
-        its single ``*.safetensors``); or a name in the models folder.
+        its single ``*.safetensors``); or a name in the models folder, else among the
+        models shipped with xrais.
     models_dir : str or Path, optional
-        Folder of named checkpoints; default :func:`default_models_dir`.
+        Folder of named checkpoints; default :func:`default_models_dir`. It wins over the
+        shipped folder (:func:`shipped_models_dir`) for a name found in both.
 
     Returns
     -------
     (Path, str or None)
-        The file and its expected SHA-256 when a sidecar or index gives one.
+        The file and its expected SHA-256 when a sidecar or index gives one (the shipped
+        index also for a shipped file given by its path).
 
     Raises
     ------
     CheckpointError
-        Nothing found (the message says where it looked).
+        Nothing found (the message names the user's folder and the shipped one), an index
+        entry whose file is missing, or a shipped entry without a SHA-256.
     """
     path = Path(path_or_name).expanduser()
     if path.is_file():
-        return path, None
+        return path, _shipped_digest(path)
     if path.is_dir():
         return _pick_in_folder(path), None
     name = str(path_or_name)
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    shipped = shipped_models_dir()
     if os.sep not in name and "/" not in name:
-        entry = _read_index(folder).get(name) if folder.is_dir() else None
-        if isinstance(entry, dict) and "file" in entry:
-            file = folder / str(entry["file"])
-            if not file.is_file():
-                raise CheckpointError(f"model {name!r}: {folder / _INDEX} lists {entry['file']}, which does not exist")
-            return file, (str(entry["sha256"]).lower() if entry.get("sha256") else None)
-        stem = name[: -len(CHECKPOINT_SUFFIX)] if name.endswith(CHECKPOINT_SUFFIX) else name
-        file = folder / f"{stem}{CHECKPOINT_SUFFIX}"
-        if file.is_file():
-            sidecar = folder / f"{stem}.sha256"
-            digest = None
-            if sidecar.is_file():
-                words = sidecar.read_text(encoding="utf-8").split()
-                digest = words[0].lower() if words else None
-            return file, digest
+        for where, is_shipped in ((folder, False), (shipped, True)):
+            found = _find_in_folder(name, where, shipped=is_shipped)
+            if found is not None:
+                return found
     available = ", ".join(list_checkpoints(folder)) or "none"
-    raise CheckpointError(f"{name}: no such checkpoint file or folder, and no model of that name in {folder} "
-                          f"(available: {available})")
+    available_shipped = ", ".join(shipped_checkpoints()) or "none"
+    raise CheckpointError(f"{name}: no such checkpoint file or folder, no model of that name in {folder} "
+                          f"(available: {available}), nor among the models shipped with xrais in {shipped} "
+                          f"(available: {available_shipped})")
 
 
 def _version_key(version: str) -> tuple[str, str]:
@@ -432,8 +580,19 @@ def load_checkpoint_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
         num_params = int(meta.get("num_params", "-1"))
     except ValueError as exc:
         raise CheckpointError(f"{path.name}: unreadable provenance or num_params metadata ({exc})") from None
+    weights_dtype = meta.get("weights_dtype") or _header_float_dtypes(path)
     return CheckpointMeta(path=path, config=config, provenance=provenance, xrais_version=version,
-                          num_params=num_params)
+                          num_params=num_params, weights_dtype=weights_dtype)
+
+
+def _header_float_dtypes(path: Path) -> str:
+    """The floating-point dtypes of a safetensors file's tensors, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        codes = {f.get_slice(key).get_dtype() for key in f.keys()}
+    names = sorted({_SAFETENSORS_DTYPES[c] for c in codes if c in _SAFETENSORS_DTYPES})
+    return ",".join(names) or "float32"
 
 
 def _check_state(path: Path, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
@@ -468,8 +627,8 @@ def load_pretrained(
     Parameters
     ----------
     path_or_name : str or Path
-        A checkpoint file, a folder holding one, or a name in the models folder
-        (see :func:`resolve_checkpoint`).
+        A checkpoint file, a folder holding one, or a name in the models folder or among
+        the models shipped with xrais (see :func:`resolve_checkpoint`).
     device : str or torch.device
         Where the model goes.
     models_dir : str or Path, optional
@@ -482,7 +641,8 @@ def load_pretrained(
     Returns
     -------
     XraisResNet
-        In eval mode on ``device``, with ``.provenance`` (dict) and ``.checkpoint_path`` set.
+        In eval mode on ``device``, in float32 whatever the stored dtype, with
+        ``.provenance`` (dict), ``.checkpoint_path`` and ``.weights_dtype`` (as stored) set.
 
     Raises
     ------
@@ -510,8 +670,12 @@ def load_pretrained(
     except Exception as exc:
         raise CheckpointError(f"{path.name}: could not read the weights ({exc})") from None
     model = XraisResNet(meta.config)
-    _check_state(path, model.state_dict(), state)
+    expected = model.state_dict()
+    _check_state(path, expected, state)
+    # float16/bfloat16 weights go into the float32 model: cast here rather than rely on copy_
+    state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.provenance = meta.provenance
     model.checkpoint_path = path
+    model.weights_dtype = meta.weights_dtype
     return model.to(device).eval()

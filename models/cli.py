@@ -2,13 +2,15 @@
 
 Commands::
 
-    xrais models list                      registered builders and checkpoints in the models folder
+    xrais models list                      registered builders, checkpoints in the models folder and
+                                           the models shipped with xrais
     xrais models info CKPT                 architecture, task, heads, parameters, provenance
     xrais models export CKPT --format onnx|torchscript --out FILE
     xrais models import-resonet FILE --arch resnet50 --task resolution --out OUT.safetensors
 
 ``CKPT`` is a checkpoint file, a folder holding one, or a name in the models folder
-(``--models-dir``, else ``$XRAIS_MODELS``, else ``~/.cache/xrais/models``).
+(``--models-dir``, else ``$XRAIS_MODELS``, else ``~/.cache/xrais/models``), else among the
+models shipped with xrais.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ _MODELS_DIR = typer.Option(None, "--models-dir", help="Folder of named checkpoin
 
 @models_app.command("list")
 def list_cmd(models_dir: Optional[Path] = _MODELS_DIR) -> None:
-    """List the registered model builders and the checkpoints in the models folder."""
+    """List the registered model builders, the checkpoints in the models folder and those shipped with xrais."""
     from rich.table import Table
 
     from xrais.cli import console
-    from xrais.models.checkpoint import default_models_dir, list_checkpoints
+    from xrais.models.checkpoint import default_models_dir, list_checkpoints, shipped_checkpoints, shipped_models_dir
     from xrais.models.registry import list_models
 
     table = Table(title="model builders", header_style="bold")
@@ -48,14 +50,29 @@ def list_cmd(models_dir: Optional[Path] = _MODELS_DIR) -> None:
     found = list_checkpoints(folder)
     if not found:
         console.print(f"no checkpoints in {folder}", highlight=False)
+    else:
+        ckpts = Table(title=f"checkpoints in {folder}", header_style="bold")
+        for col in ("name", "file", "size MB"):
+            ckpts.add_column(col, justify="right" if col == "size MB" else "left")
+        for name, path in found.items():
+            ckpts.add_row(name, path.name, _size_mb(path))
+        console.print(ckpts)
+    shipped = shipped_checkpoints()
+    if not shipped:
+        console.print(f"no models shipped with xrais ({shipped_models_dir()})", highlight=False)
         return
-    ckpts = Table(title=f"checkpoints in {folder}", header_style="bold")
-    for col in ("name", "file", "size MB"):
-        ckpts.add_column(col, justify="right" if col == "size MB" else "left")
-    for name, path in found.items():
-        size = f"{path.stat().st_size / 1e6:.1f}" if path.is_file() else "missing"
-        ckpts.add_row(name, path.name, size)
-    console.print(ckpts)
+    ships = Table(title=f"shipped with xrais ({shipped_models_dir()})", header_style="bold")
+    for col in ("name", "file", "size MB", "description"):
+        ships.add_column(col, justify="right" if col == "size MB" else "left",
+                         overflow="fold" if col == "description" else "ellipsis")
+    for name, entry in shipped.items():
+        note = " (replaced by the one in the models folder)" if name in found else ""
+        ships.add_row(name, entry.path.name, _size_mb(entry.path), entry.description + note)
+    console.print(ships)
+
+
+def _size_mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f}" if path.is_file() else "missing"
 
 
 @models_app.command("info")
@@ -86,6 +103,7 @@ def info(
         ("dropout", f"{cfg.dropout:g}"),
         ("input mean / std", f"{cfg.input_mean:g} / {cfg.input_std:g}"),
         ("conditioning", cfg.conditioning.model_dump_json()),
+        ("weights stored as", meta.weights_dtype),
         ("xrais version", meta.xrais_version),
     ]
     for key, value in meta.provenance.items():

@@ -37,9 +37,12 @@ xrais train --data "$OUT/training" --task resolution --arch resnet18 --epochs 2 
     --val-fraction 0.25 --out "$OUT/model"
 xrais evaluate --model "$OUT/model" --data "$OUT/training" --out "$OUT/model/evaluation" --workers 0
 
-echo "== xrais infer: the real PILATUS 6M images scored with that model (4 quadrants) and their spots found in the"
-echo "   same pass, then the strip chart (model and spot-based resolution on one panel, spot counts below)"
-xrais infer "$DATA"/real/pilatus6m/* --model "$OUT/model" --quadrants 4 --out "$OUT/results"
+echo "== xrais models list: the builders, and the resolution model shipped with xrais (trained on simulation only)"
+xrais models list
+
+echo "== xrais infer: every real image scored with the shipped resolution model (4 quadrants) and its spots found"
+echo "   in the same pass (model_warning names a geometry the model was not trained on), then the strip chart"
+xrais infer "${IMAGES[@]}" --quadrants 4 --out "$OUT/results"
 xrais plot "$OUT/results" --out "$OUT/results/strip.png"
 
 echo "== shoeboxes: a 6-frame lysozyme-cell rotation series, integrated (variational, trained here) and merged"

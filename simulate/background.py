@@ -10,7 +10,7 @@ square cross-section of side a; density ρ, molar mass M of one unit), and adds 
 at the pixel centre, where stol = sin θ / λ (Å⁻¹), F the scattering factor of one unit
 (electrons), Ω = p_f·p_s/R² · (close distance)/R the pixel's solid angle and
 P = ½(1 + cos²2θ − K·cos 2ψ·sin²2θ) the polarization factor with Kahn factor K = 2f − 1,
-both from :func:`xrais.simulate.pixel_maps.pixel_maps` (computed once per geometry). This is
+both by the formulas of :func:`xrais.simulate.pixel_maps.pixel_omega_polar_stol`. This is
 nanoBragg's water term scaled physically (linear in the fluence, not divided by a step count).
 
 Curves (``simulate/data``, see its README):
@@ -30,6 +30,12 @@ Curves (``simulate/data``, see its README):
   ``python -m xrais.simulate.background``.
 
 Curves are interpolated linearly and held at their end values outside the table.
+
+Evaluation: :func:`background_image` tabulates Σ n·F(stol)² of all its layers once per call, exactly,
+as one piecewise function on the union of the curves' breakpoints (each curve's own linear piece per
+interval, so every F is the value ``np.interp`` gives), and then makes the image in one parallel Numba
+pass over the panel rows that computes Ω·P and stol of each pixel centre (float64) and looks its stol
+up in that table.
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gemmi
+import numba
 import numpy as np
 
+import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.errors import ConfigError, DatasetError
 from xrais.geometry import Beam, Detector
+from xrais.simulate.pixel_maps import beam_geometry, panel_rows, pixel_omega_polar_stol
 from xrais.simulate.render import R_E2_M2
-from xrais.simulate.pixel_maps import pixel_maps
 
 __all__ = [
     "ScatteringCurve",
@@ -70,7 +78,7 @@ AVOGADRO = 6.02214076e23
 #: Hexagonal ice Ih cell (a, c) in Å near 100 K (space group P 6₃/m m c).
 ICE_IH_CELL_A = (4.497, 7.322)
 _NORM_RANGE = (0.0, 0.5)  # stol range (Å⁻¹) common to water, ice and nanoice tables
-_CHUNK_PX = 1 << 20  # pixels per vectorised block
+_BUCKETS_PER_KNOT = 32  # lookup buckets per breakpoint of the intensity table (the walk rarely steps)
 
 
 @dataclass(frozen=True, eq=False)
@@ -349,6 +357,14 @@ def background_image(
     -------
     ndarray
         float32, shape ``detector.array_shape`` (n_slow, n_fast): photons per pixel.
+
+    Notes
+    -----
+    Σ n·F(stol)² of the layers is tabulated exactly (not sampled on a grid) on the union of the
+    curves' breakpoints, each curve keeping its own linear piece per interval, and kept for the
+    last few layer mixes; one parallel Numba pass then computes Ω·P and stol of each pixel centre
+    in float64 and evaluates the table there. Against the float64 formula the result differs by
+    the float32 rounding of the output only.
     """
     if isinstance(layers, BackgroundLayer):
         layers = [layers]
@@ -363,15 +379,100 @@ def background_image(
     terms = [(c, n) for c, n in terms if n > 0]
     if not terms or scale == 0.0:
         return out
-    maps = pixel_maps(beam, detector, polarization=polarization)
-    weight, stol = maps.omega_polar_sr.reshape(-1), maps.stol_per_A.reshape(-1)
-    flat = out.reshape(-1)
-    prefactor = R_E2_M2 * fluence * scale
-    for i in range(0, flat.size, _CHUNK_PX):  # blocks keep the float64 temporaries small
-        block = slice(i, i + _CHUNK_PX)
-        s = stol[block].astype(np.float64)
-        flat[block] = prefactor * weight[block] * sum(n * curve(s) ** 2 for curve, n in terms)
+    table = _intensity_table(tuple(terms))
+    panels, rows = panel_rows(detector)
+    _background_kernel(out, panels, rows, beam_geometry(beam), bool(polarization), R_E2_M2 * fluence * scale, *table)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _intensity_table(terms: tuple[tuple[ScatteringCurve, float], ...]) -> tuple:
+    """Σ n·F(stol)² of ``terms`` as one exact piecewise table on the union of the curves' breakpoints.
+
+    Kept for the last few ``terms`` (curves compare by identity): a training set has a handful of
+    layer mixes.
+
+    Segment j holds the stol with exactly j knots ≤ stol (segment 0 lies below the first knot, the
+    last above the last knot). On each segment every curve is one linear piece of its own table (or
+    held at an end value), stored as that piece's start stol, start F and slope, so that the kernel's
+    F = slope·(stol − stol_start) + F_start is the very expression ``np.interp`` evaluates.
+
+    Returns
+    -------
+    knots : ndarray, shape (n_knots + 1,)
+        Sorted distinct breakpoints, Å⁻¹, then +inf (a sentinel for the search).
+    coef : ndarray, shape (n_knots + 1, 3 · n_terms)
+        Per segment and term: start stol (Å⁻¹), start F (electrons), slope (electrons·Å).
+    n_units : ndarray, shape (n_terms,)
+        Scattering units of each term.
+    bucket_start : ndarray of int32
+        For a uniform grid of buckets over [knots[0], last knot], the segment just below each
+        bucket's lower edge, where the kernel's walk up starts (0–1 steps for most pixels).
+    inv_bucket_width : float
+        Buckets per Å⁻¹ (0 for a single knot).
+    """
+    knots = np.unique(np.concatenate([c.stol_per_A for c, _ in terms]))
+    coef = np.zeros((knots.size + 1, len(terms), 3))
+    for k, (curve, _) in enumerate(terms):
+        xp, fp = curve.stol_per_A, curve.F
+        piece = np.searchsorted(xp, knots, side="right") - 1  # piece of segment j + 1 (from knots[j] on)
+        linear = (piece >= 0) & (piece < xp.size - 1)
+        i = piece[linear]
+        seg = coef[1:, k]
+        seg[linear] = np.stack([xp[i], fp[i], (fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i])], axis=1)
+        seg[~linear, 1] = np.where(piece[~linear] < 0, fp[0], fp[-1])  # held end values, slope 0
+        coef[0, k, 1] = fp[0]
+    n_units = np.array([n for _, n in terms], dtype=np.float64)
+    span = float(knots[-1] - knots[0])
+    n_buckets = min(_BUCKETS_PER_KNOT * knots.size, 1 << 20) if span > 0 else 1
+    width = span / n_buckets
+    edges = knots[0] + np.arange(n_buckets) * width
+    margin = 1e-9 * max(span, 1.0)  # the kernel's bucket of a stol may round up to the next one
+    bucket_start = np.searchsorted(knots, edges - margin, side="right").astype(np.int32)
+    bucket_start[0] = 1  # a stol ≥ knots[0] has at least one knot below it
+    arrays = (np.append(knots, np.inf), coef.reshape(knots.size + 1, -1), n_units, bucket_start)
+    for a in arrays:
+        a.flags.writeable = False
+    return (*arrays, n_buckets / span if span > 0 else 0.0)
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _background_kernel(out, panels, rows, beam, polarization, prefactor, knots, coef, n_units, bucket_start,
+                       inv_bucket_width):
+    """out[pixel] = prefactor · Ω·P · Σ n·F(stol)² at every panel pixel centre, one task per panel row.
+
+    Per row, a first loop (vectorised) computes Ω·P and stol of the pixel centres, a second looks
+    the stol up in the intensity table of :func:`_intensity_table`. (The lookup is written out: an
+    array handed to a called function costs reference counting per call.)
+    """
+    n_terms = n_units.shape[0]
+    k0, last_bucket = knots[0], bucket_start.shape[0] - 1
+    for t in numba.prange(rows.shape[0]):
+        p, r, s_out = rows[t, 0], rows[t, 1], rows[t, 2]
+        pf, area_close, nf, f0 = panels[p, 9], panels[p, 11], int(panels[p, 12]), int(panels[p, 13])
+        ox, oy, oz = panels[p, 0], panels[p, 1], panels[p, 2]
+        fx, fy, fz = panels[p, 3], panels[p, 4], panels[p, 5]
+        srow = (r + 0.5) * panels[p, 10]
+        sx, sy, sz = srow * panels[p, 6], srow * panels[p, 7], srow * panels[p, 8]
+        weight = np.empty(nf)
+        stol = np.empty(nf)
+        for f in range(nf):
+            fcol = (f + 0.5) * pf
+            weight[f], stol[f] = pixel_omega_polar_stol(
+                ox + fcol * fx + sx, oy + fcol * fy + sy, oz + fcol * fz + sz, area_close, beam, polarization)
+        row = out[s_out]
+        for f in range(nf):
+            s = stol[f]
+            j = 0  # segment: the number of knots ≤ s, from the bucket of s by a short walk up
+            if s >= k0:
+                j = bucket_start[min(int((s - k0) * inv_bucket_width), last_bucket)]
+                while knots[j] <= s:  # knots[-1] = +inf ends the walk
+                    j += 1
+            total = 0.0
+            for k in range(n_terms):
+                F = coef[j, 3 * k + 2] * (s - coef[j, 3 * k]) + coef[j, 3 * k + 1]
+                total += n_units[k] * (F * F)
+            row[f0 + f] = prefactor * weight[f] * total
 
 
 def ice_ring_d_spacings_A(d_min_A: float = 1.7, cell_A: tuple[float, float] = ICE_IH_CELL_A) -> np.ndarray:

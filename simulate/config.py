@@ -81,6 +81,14 @@ class SimulationConfig(_Frozen):
     lattice_weights: tuple[float, float, float] = Field((1.0, 0.0, 0.0), description="odds of 1, 2, 3 lattices")
     lattice_sigma_deg_choices: tuple[float, ...] = Field((0.1, 1.0, 10.0), description="σ of extra lattices' angles")
     structures_dir: str | None = Field(None, description="folder of PDB/mmCIF files; None: random-atom crystals")
+    structure_bank_size: int = Field(120, ge=0, le=100_000, description="random-atom crystals in the structure bank "
+                                     "(XRAIS drew from ~120); 0: a new crystal for every image")
+    structure_bank_seed: int = Field(0, ge=0, description="fixes the bank's crystals, whatever the seed of the set")
+    cell_jitter_fraction: float = Field(0.01, ge=0, le=0.2, description="σ of each image's relative change of a bank "
+                                        "crystal's cell edges (the crystal system is kept)")
+    structure_cache_dir: str | None = Field(None, description="folder where bank |F| tables are kept between runs, "
+                                            "named by their content; None: in memory only")
+    structure_cache_mb: float = Field(2048.0, gt=0, le=1e7, description="memory for bank |F| tables per process")
     space_group_choices: tuple[str, ...] = Field(XRAIS_SPACE_GROUPS, description="space groups of random crystals")
     cell_volume_A3_range: tuple[float, float] = Field((5e4, 5e7), description="random cells, log-uniform")
     max_structure_factor_cells: int = Field(20_000_000, ge=1000, description="largest |F| grid (coarsens d_min)")

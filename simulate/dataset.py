@@ -34,9 +34,9 @@ from xrais.io import ShardWriter, read_shard
 from xrais.runs import FlushSchedule, RunLock, check_out_dir
 from xrais.simulate.config import SimulationConfig
 from xrais.simulate.image import SimulatedImage, simulate_image
-from xrais.simulate.sampler import list_structures, sample_image
+from xrais.simulate.sampler import ImageParameters, list_structures, sample_image
 
-__all__ = ["SimulationReport", "simulate_dataset", "write_minicbf", "write_nxmx", "done_indices", "check_disk_space",
+__all__ = ["SimulationReport", "simulate_dataset", "make_example", "write_minicbf", "write_nxmx", "done_indices", "check_disk_space",
            "RUN_FILE", "FLUSH_EVERY_IMAGES", "FLUSH_EVERY_S"]
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,34 @@ def _columns(image: SimulatedImage, quadrants: int) -> dict[str, list[Any]]:
     return cols
 
 
+def make_example(config: SimulationConfig, params: ImageParameters, *, backend: str = "auto"
+                 ) -> tuple[SimulatedImage, np.ndarray, dict[str, list[Any]]]:
+    """One training example: the image of ``params`` simulated and conditioned, with its label columns.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+    params : ImageParameters
+        From :func:`xrais.simulate.sampler.sample_image` (image ``index`` of a set with ``seed``).
+    backend : {"auto", "numba", "cuda"}
+
+    Returns
+    -------
+    image : SimulatedImage
+        Its ``seconds`` include ``condition``.
+    quadrants : ndarray of float32, shape (config.quadrants, 512, 512)
+        Max-pooled, square-rooted quadrants, beam centre at the corner (gaps masked).
+    columns : dict of lists
+        The shard columns (``labels/…``, ``source/…``, ``geometry/…``), one value per quadrant.
+    """
+    image = simulate_image(config, params, backend=backend)
+    t0 = time.perf_counter()
+    quads = condition_pixels(image.raw, image.beam_center_px, image.detector.downsample_block, config.quadrants,
+                             image.raw < 0)
+    image.seconds["condition"] = time.perf_counter() - t0
+    return image, quads, _columns(image, config.quadrants)
+
+
 def simulate_dataset(
     config: SimulationConfig,
     n_images: int,
@@ -265,7 +293,7 @@ def _simulate_share(config: SimulationConfig, n_images: int, out: Path, *, seed:
                 break
             params = sample_image(config, seed, i, structures)
             try:
-                image = simulate_image(config, params, backend=backend)
+                image, quads, columns = make_example(config, params, backend=backend)
             except (XraisError, OSError, RuntimeError, ValueError) as exc:
                 message = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")
                 log.warning("image %d (%s) skipped: %s", i, params.structure, message)
@@ -275,22 +303,20 @@ def _simulate_share(config: SimulationConfig, n_images: int, out: Path, *, seed:
                 if on_image:
                     on_image(i, f"failed: {message}")
                 continue
-            t1 = time.perf_counter()
-            quads = condition_pixels(image.raw, image.beam_center_px, image.detector.downsample_block,
-                                     config.quadrants, image.raw < 0)
             t2 = time.perf_counter()
             # the raw frame first: an image counts as done once its rows are in a shard
             if save_raw == "cbf":
                 write_minicbf(out / "raw" / f"sim_{i:07d}.cbf", image)
             elif save_raw == "nxs":
                 write_nxmx(out / "raw" / f"sim_{i:07d}.nxs", image)
-            writer.add(quads, _columns(image, config.quadrants))
+            writer.add(quads, columns)
             if schedule.add():
                 writer.flush()
             t3 = time.perf_counter()
             for stage, value in image.seconds.items():
-                report.seconds[stage] += value
-            report.seconds["condition"] += t2 - t1
+                if stage != "condition":
+                    report.seconds[stage] += value
+            report.seconds["condition"] += image.seconds.get("condition", 0.0)
             report.seconds["write"] += t3 - t2
             report.made.append(i)
             if on_image:

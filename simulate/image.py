@@ -56,31 +56,45 @@ def detector_d_min_A(detector: Detector, beam: Beam) -> float:
     return float(np.min(detector.resolution_at_pixel_A(beam, corners_f, corners_s)))
 
 
-def _coarsened_d_min(cell: tuple[float, ...], d_min: float, max_cells: int) -> float:
-    """d_min raised (by 5 % steps) until the |F| grid of ``cell`` holds at most ``max_cells``."""
-    while math.prod(2 * math.floor(edge / d_min) + 1 for edge in cell[:3]) > max_cells:
-        d_min *= 1.05
-    return d_min
-
-
 def structure_factors_for(params: ImageParameters, d_min_A: float, config: SimulationConfig
                           ) -> tuple[StructureFactors, tuple[float, ...], str]:
-    """|F| (with the image's B factor), the cell and the space group of the image's crystal."""
+    """|F| (with the image's B factor), the cell and the space group of the image's crystal.
+
+    A crystal of the structure bank (``params.structure_index ≥ 0``) reuses the bank's table,
+    computed once per process (:func:`xrais.simulate.structure_bank.structure_bank_for`), with
+    the image's jittered cell; otherwise a table is made for this image alone, to ``d_min_A``.
+    """
+    from xrais.simulate.structure_bank import coarsened_d_min_A, structure_bank_for
+
+    if params.structure_index >= 0:
+        from xrais.simulate.sampler import jitter_cell
+
+        sf, cell, space_group = structure_bank_for(config).table(params.structure_index)
+        if not params.cell:  # a file: its cell is known once read
+            cell = jitter_cell(cell, space_group, params.cell_jitter)
+        else:
+            cell = params.cell
+        return sf.with_b_factor(params.b_factor_A2, cell), cell, space_group
     if params.structure == "random-atom":
-        d = _coarsened_d_min(params.cell, d_min_A, config.max_structure_factor_cells)
+        d = coarsened_d_min_A(params.cell, d_min_A, config.max_structure_factor_cells)
         sf = StructureFactors.random_wilson(params.cell, params.space_group, d_min_A=d, seed=params.seed % 2**32)
         return sf.with_b_factor(params.b_factor_A2, params.cell), params.cell, params.space_group
     import gemmi
 
     st = gemmi.read_structure(params.structure)
     cell = (st.cell.a, st.cell.b, st.cell.c, st.cell.alpha, st.cell.beta, st.cell.gamma)
-    d = _coarsened_d_min(cell, d_min_A, config.max_structure_factor_cells)
+    d = coarsened_d_min_A(cell, d_min_A, config.max_structure_factor_cells)
     sf = StructureFactors.from_structure(st, d_min_A=d, b_factor_A2=params.b_factor_A2)
     return sf, cell, st.spacegroup_hm
 
 
-def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend: str = "auto") -> SimulatedImage:
-    """Render, add background and noise, apply detector effects: the raw frame and its labels."""
+def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend: str = "auto",
+                   bragg: bool = True) -> SimulatedImage:
+    """Render, add background and noise, apply detector effects: the raw frame and its labels.
+
+    With ``bragg=False`` the crystal is left out: a blank frame of the same background, noise
+    and detector effects (label ``bragg`` 0), as a frame with no crystal in the beam.
+    """
     rng = np.random.default_rng(params.seed)
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}
@@ -105,7 +119,7 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
     domain_volume = math.prod(base.n_cells) * float(np.abs(np.linalg.det(base.real_space_matrix)))
     crystal_scale = (config.crystal_size_um * 1e4) ** 3 / domain_volume / params.n_lattices
     photons = np.zeros(detector.array_shape, dtype=np.float64)
-    for r in params.lattice_rotations():  # lattice 1 (the reference), then the rotated extras
+    for r in params.lattice_rotations() if bragg else ():  # lattice 1 (the reference), then the rotated extras
         lattice = replace(base, U=r @ base.U)
         photons += render(lattice, beam, detector, oversample=config.oversample, backend=backend,
                           divergence_steps=config.divergence_steps, check_reflections=False,
@@ -124,7 +138,8 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
                                          rng, config.detector_effects)
     lap("detector_effects")
     labels = {**params.labels(), **record.labels(), "crystal_scale": crystal_scale,
-              "n_cells_a": base.n_cells[0], "n_cells_b": base.n_cells[1], "n_cells_c": base.n_cells[2]}
+              "n_cells_a": base.n_cells[0], "n_cells_b": base.n_cells[1], "n_cells_c": base.n_cells[2],
+              "bragg": int(bool(bragg))}
     return SimulatedImage(raw=raw, photons=photons32, detector=detector, beam=beam,
                           beam_center_px=(params.beam_center_fast_px, params.beam_center_slow_px),
                           parameters=params, labels=labels, seconds=seconds)

@@ -26,7 +26,7 @@ from xrais.geometry import DETECTOR_CATALOG, rotation_matrix
 from xrais.simulate.config import SimulationConfig
 
 __all__ = ["ImageParameters", "sample_image", "image_seed", "b_factor_from_resolution", "random_cell",
-           "random_rotation", "list_structures", "lattice_rotations", "MAX_LATTICES"]
+           "random_rotation", "list_structures", "lattice_rotations", "jitter_cell", "MAX_LATTICES"]
 
 #: Lattices an image can hold; each has its label columns whether the image has it or not.
 MAX_LATTICES = 3
@@ -114,6 +114,10 @@ class ImageParameters:
     background_scale: float
     parasitic_material: str
     extra: dict[str, Any] = field(default_factory=dict)
+    structure_index: int = -1
+    """entry of the structure bank (:mod:`xrais.simulate.structure_bank`); −1: a crystal of its own"""
+    cell_jitter: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """factors drawn for the bank crystal's edges a, b, c (see :func:`jitter_cell`)"""
 
     @property
     def U(self) -> np.ndarray:
@@ -134,6 +138,8 @@ class ImageParameters:
             out[name] = self.cell[i]
         for i in range(9):
             out[f"U_{i // 3}{i % 3}"] = self.orientation[i]
+        for name, value in zip(("cell_jitter_a", "cell_jitter_b", "cell_jitter_c"), self.cell_jitter):
+            out[name] = float(value)
         out["lattice1_angle_deg"] = 0.0  # the reference lattice
         for k in range(2, MAX_LATTICES + 1):
             has = k - 2 < len(self.lattice_angles_deg)
@@ -161,7 +167,13 @@ def lattice_rotations(axes: Sequence[Sequence[float]], angles_deg: Sequence[floa
 
 
 def sample_image(config: SimulationConfig, seed: int, index: int, structures: Sequence[Path] = ()) -> ImageParameters:
-    """Draw image ``index`` of the set made with ``seed`` (deterministic)."""
+    """Draw image ``index`` of the set made with ``seed`` (deterministic).
+
+    The crystal is an entry of the structure bank (:mod:`xrais.simulate.structure_bank`): one
+    of ``structures`` (default: the files of ``config.structures_dir``) or of the
+    ``structure_bank_size`` random-atom crystals, its cell edges jittered; with no files and a
+    bank size of 0, a random-atom crystal of the image's own.
+    """
     s = image_seed(seed, index)
     rng = np.random.default_rng(s)
     det_name = str(rng.choice(config.detector_choices))
@@ -182,9 +194,18 @@ def sample_image(config: SimulationConfig, seed: int, index: int, structures: Se
         angles.append(float(rng.normal(0.0, sigma)))
     domain = float(rng.choice(config.domain_size_um_choices))
     spread = float(rng.uniform(*config.mosaic_spread_deg_range))
-    if structures:
-        structure = str(structures[int(rng.integers(len(structures)))])
-        space_group, cell = "", ()
+    if not structures and config.structures_dir is not None:
+        structures = list_structures(config.structures_dir)
+    structure_index, jitter = -1, (1.0, 1.0, 1.0)
+    if structures or config.structure_bank_size > 0:
+        from xrais.simulate.structure_bank import bank_entry
+
+        structure_index = int(rng.integers(len(structures) if structures else config.structure_bank_size))
+        entry = bank_entry(config, structure_index, structures)
+        structure = entry.path or entry.name
+        jitter = tuple(float(v) for v in np.exp(rng.normal(0.0, config.cell_jitter_fraction, size=3)))
+        space_group = entry.space_group
+        cell = jitter_cell(entry.cell, space_group, jitter) if entry.cell else ()
     else:
         structure = "random-atom"
         space_group = str(rng.choice(config.space_group_choices))
@@ -202,4 +223,27 @@ def sample_image(config: SimulationConfig, seed: int, index: int, structures: Se
         lattice_axes=tuple(axes), lattice_angles_deg=tuple(angles), domain_size_um=domain, mosaic_spread_deg=spread,
         space_group=space_group, cell=tuple(cell), orientation=tuple(float(x) for x in u.ravel()),
         structure=structure, background_scale=scale, parasitic_material=parasitic,
+        structure_index=structure_index, cell_jitter=jitter,
     )
+
+
+def jitter_cell(cell: Sequence[float], space_group: str, factors: Sequence[float]) -> tuple[float, ...]:
+    """``cell`` with its edges a, b, c scaled by ``factors``, edges the crystal system ties kept equal.
+
+    Tetragonal, trigonal and hexagonal cells keep a = b (both take a's factor); cubic and
+    rhombohedral cells keep a = b = c; angles are unchanged.
+
+    Examples
+    --------
+    >>> jitter_cell((50, 50, 80, 90, 90, 90), "P 41 21 2", (1.1, 0.5, 1.0))
+    (55.0, 55.0, 80.0, 90.0, 90.0, 90.0)
+    """
+    import gemmi
+
+    f = [float(v) for v in factors]
+    system = gemmi.SpaceGroup(space_group).crystal_system_str()
+    if system == "cubic" or space_group.endswith(":R"):
+        f[1] = f[2] = f[0]
+    elif system in ("tetragonal", "trigonal", "hexagonal"):
+        f[1] = f[0]
+    return tuple(float(v) for v in (*(e * k for e, k in zip(cell[:3], f)), *cell[3:6]))

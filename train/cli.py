@@ -54,8 +54,19 @@ def train(
                                              help="Seconds between training states saved within an epoch."),
     allow_outside_manifest: bool = typer.Option(False, "--allow-outside-manifest",
                                                 help="Read shards that a manifest names outside its own folder."),
+    simulate: Optional[str] = typer.Option(None, "--simulate", metavar="SIMCONFIG",
+                                           help="Simulate the training images as the run goes, instead of --data: "
+                                           "a simulation config file (as xrais simulate --config) or a preset "
+                                           "(resolution, multilattice)."),
+    sim_seed: Optional[int] = typer.Option(None, "--sim-seed", help="Seed of the simulated images (validation: "
+                                           "seed + 1). [default: --seed]"),
+    images_per_epoch: Optional[int] = typer.Option(None, "--images-per-epoch",
+                                                   help="Simulated training images per epoch. [default: 1024]"),
+    sim_val_images: Optional[int] = typer.Option(None, "--sim-val-images",
+                                                 help="Simulated validation images, kept in memory. [default: 32]"),
+    stats_images: int = typer.Option(64, "--stats-images", help="Training images sampled for the input mean/std."),
 ) -> None:
-    """Train a resolution or multi-lattice model on simulated shards.
+    """Train a resolution or multi-lattice model on simulated shards, or on images simulated as it trains.
 
     Run as is for one process (CPU or one GPU), or as `torchrun --nproc_per_node G -m xrais.cli
     train …` for G processes (NCCL on GPUs, gloo on CPUs; --batch-size is the global batch).
@@ -63,6 +74,10 @@ def train(
     SIGTERM or SIGINT the current batch is finished, the state saved, and the command exits
     with 128 + the signal. Run again with the same command (after a stop or a kill), it resumes
     from the last saved state. One run at a time may use an --out folder.
+
+    With --simulate SIMCONFIG instead of shards, epoch e trains on images [e·N, (e+1)·N) of the
+    simulated set (N = --images-per-epoch, seed --sim-seed), made by the --workers processes:
+    no image is seen twice, and a resumed run goes on at the next unseen image.
     """
     from xrais.cli import console
     from xrais.errors import ConfigError
@@ -71,15 +86,22 @@ def train(
     from xrais.train.loop import train as run_training
 
     paths = _data_args(shards, data)
-    if not paths or out is None:
-        raise ConfigError("xrais train: give the data (--data DIR or shard files) and --out DIR")
+    if (not paths and simulate is None) or out is None:
+        raise ConfigError("xrais train: give the data (--data DIR or shard files, or --simulate SIMCONFIG) "
+                          "and --out DIR")
+    if paths and simulate is not None:
+        raise ConfigError("xrais train: give the data (--data DIR or shard files) or --simulate SIMCONFIG, not both")
+    if simulate is not None and Path(simulate).is_file():
+        simulate = str(Path(simulate).resolve())  # the same file, from whatever folder a resume starts
     head_names = tuple(h.strip() for item in (heads or []) for h in item.split(",") if h.strip())
     cfg = make_train_config(
         data=paths, out=str(out), task=task, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, loss=loss, heads=head_names, dropout=dropout,
         val_fraction=val_fraction, workers=workers, seed=seed, amp=amp, channels_last=channels_last,
         compile=compile, augment=augment, device=device, sync_batchnorm=sync_batchnorm, lr_schedule=lr_schedule,
-        checkpoint_every_s=checkpoint_every_s, allow_outside_manifest=allow_outside_manifest)
+        checkpoint_every_s=checkpoint_every_s, allow_outside_manifest=allow_outside_manifest, simulate=simulate,
+        sim_seed=sim_seed, images_per_epoch=images_per_epoch, sim_val_images=sim_val_images,
+        stats_images=stats_images)
     main = int(os.environ.get("RANK", "0")) == 0
 
     def report(row: dict) -> None:
@@ -89,7 +111,9 @@ def train(
                else "no held-out images")
         console.print(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4g} "
                       f"acc {row['train_accuracy']:.3f}, {val}, lr {row['lr']:.3g}, "
-                      f"{row['images_per_s']:.1f} images/s, {row['seconds']:.1f} s", highlight=False)
+                      f"{row['images_per_s']:.1f} images/s, {row['seconds']:.1f} s"
+                      + (f", simulated images {row['image_start']}–{row['image_stop'] - 1}" if "image_start" in row
+                         else ""), highlight=False)
 
     with stop_on_signals() as stop:
         result = run_training(cfg, on_epoch=report, stop=stop)
@@ -110,6 +134,8 @@ def train(
                           f"(loss {result.best_value:.4g}); wrote {out / 'best.safetensors'}, "
                           f"{out / 'last.safetensors'}, {out / 'metrics.csv'}, {out / 'training.png'}",
                           highlight=False)
+        if result.images_seen is not None:
+            console.print(f"{result.images_seen} simulated training images seen so far", highlight=False)
     if result.stopped_at is not None:  # asked of this process, or of another one of a torchrun job
         from xrais.errors import RunInterrupted
 

@@ -8,6 +8,11 @@ always holds the values that were used.
 
 ``batch_size`` is the *global* batch: under ``torchrun`` with W processes each takes
 ``batch_size / W`` images per step, so a run gives the same updates whatever W is.
+
+A run trains either on shards (``data``) or on images simulated as it goes (``simulate``: a
+simulation config file or preset, :mod:`xrais.train.sim_data`); the ``sim_*`` fields and
+``images_per_epoch`` belong to the second and are ``None`` for the first. Left ``None`` under
+``simulate`` they take their defaults (``sim_seed`` = ``seed``, :data:`SIMULATION_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-__all__ = ["TrainConfig", "TASK_DEFAULTS", "RESUME_FIELDS", "make_train_config", "config_differences"]
+__all__ = ["TrainConfig", "TASK_DEFAULTS", "SIMULATION_DEFAULTS", "RESUME_FIELDS", "make_train_config",
+           "config_differences"]
 
 #: Optimiser and loss defaults per task (Table 2).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -26,12 +32,16 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "multilattice": {"lr": 1.04e-3, "momentum": 0.9983, "weight_decay": 2.5e-4, "loss": "bce"},
 }
 _LOSSES = {"resolution": ("mae", "mse"), "multilattice": ("bce",)}
+#: Defaults of the simulate-while-training fields (used only with ``simulate``).
+SIMULATION_DEFAULTS: dict[str, int] = {"images_per_epoch": 1024, "sim_val_images": 32}
+_SIMULATION_FIELDS = ("sim_seed", "images_per_epoch", "sim_val_images")
 
 #: Fields that must be the same when a run is resumed: they change the model, the data or the
 #: optimisation. ``epochs`` joins them under the cosine schedule (it sets the schedule's length).
 RESUME_FIELDS: tuple[str, ...] = (
     "task", "arch", "heads", "dropout", "loss", "lr", "momentum", "weight_decay", "batch_size",
     "val_fraction", "seed", "augment", "gain_range", "lr_schedule", "init_output", "stats_images",
+    "simulate", "sim_seed", "images_per_epoch", "sim_val_images",
 )
 
 
@@ -47,7 +57,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: tuple[str, ...] = Field(min_length=1, description="manifest.json files, shard .h5 files or folders")
+    data: tuple[str, ...] = Field((), description="manifest.json files, shard .h5 files or folders (or simulate)")
     out: str = Field(description="output folder: checkpoints, training state, metrics, plot")
     task: Literal["resolution", "multilattice"] = Field("resolution", description="what the model learns")
     arch: str = Field("resnet50", description="torchvision ResNet depth (resnet18 … resnet152)")
@@ -76,6 +86,16 @@ class TrainConfig(BaseModel):
     allow_outside_manifest: bool = Field(False, description="read shards a manifest names outside its own folder")
     checkpoint_every_s: float = Field(600.0, gt=0, le=1e7,
                                       description="seconds between training states saved within an epoch")
+    simulate: str | None = Field(None, min_length=1,
+                                 description="simulate the training images as the run goes: a simulation config "
+                                 "file (TOML/YAML/JSON) or preset name, instead of data")
+    sim_seed: int | None = Field(None, ge=0, description="seed of the simulated training set; default: seed; "
+                                 "its validation images come from sim_seed + 1")
+    images_per_epoch: int | None = Field(None, ge=1, le=10**12,
+                                         description="simulated training images per epoch (default 1024); "
+                                         "epoch e trains on images [e·N, (e+1)·N)")
+    sim_val_images: int | None = Field(None, ge=0, le=1_000_000,
+                                       description="simulated validation images, kept in memory (default 32)")
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +106,12 @@ class TrainConfig(BaseModel):
             for key, value in defaults.items():
                 if data.get(key) is None:
                     data[key] = value
+            if data.get("simulate") is not None:
+                if data.get("sim_seed") is None:
+                    data["sim_seed"] = data.get("seed", 0)
+                for key, value in SIMULATION_DEFAULTS.items():
+                    if data.get(key) is None:
+                        data[key] = value
         return data
 
     @field_validator("arch")
@@ -110,6 +136,18 @@ class TrainConfig(BaseModel):
         if not 0 < v[0] <= v[1]:
             raise ValueError(f"gain_range: expected 0 < low ≤ high, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _data_or_simulation(self) -> "TrainConfig":
+        if self.simulate is None:
+            if not self.data:
+                raise ValueError("give the data (shards, manifests or folders) or simulate (a simulation config)")
+            given = [name for name in _SIMULATION_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with simulate (a simulation config)")
+        elif self.data:
+            raise ValueError("give the data or simulate, not both")
+        return self
 
     @model_validator(mode="after")
     def _loss_fits_task(self) -> "TrainConfig":

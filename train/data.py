@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from xrais.errors import DatasetError
 
 __all__ = ["DataTable", "resolve_data", "scan_shards", "split_by_image", "ShardDataset", "GlobalBatchSampler",
-           "apply_photon_gain", "compute_input_stats", "GEOMETRY_COLUMNS", "QUADRANT_SHAPE"]
+           "apply_photon_gain", "compute_input_stats", "make_row_arrays", "make_item", "draw_photon_gain",
+           "share_global_batches", "GEOMETRY_COLUMNS", "QUADRANT_SHAPE"]
 
 QUADRANT_SHAPE = (512, 512)
 #: Shard columns behind the geometry input, in the order the model wants them after pooling.
@@ -169,11 +170,98 @@ def _read_columns(path: Path, task: str, heads: Sequence[str]) -> tuple[int, dic
                 cols[name] = data
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the shard ({exc})") from None
-    for name in wanted:
-        if cols[name].dtype.kind not in "biuf" or not np.all(np.isfinite(cols[name].astype(np.float64))):
-            raise DatasetError(f"{path}: expected finite numbers in column {name}, found "
-                               f"{cols[name].dtype} values with NaN, inf or text")
     return n, cols
+
+
+def make_row_arrays(cols: Mapping[str, np.ndarray], task: str, heads: Sequence[str] = (), *, where: str = "",
+                    what: str = "the shard") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Target, geometry input and head labels of rows, from their shard columns.
+
+    The one place where label and geometry columns become what the model learns from; shard
+    rows (:func:`scan_shards`) and simulated images (:mod:`xrais.train.sim_data`) both use it.
+
+    Parameters
+    ----------
+    cols : mapping of str to ndarray, each shape (n,)
+        Columns as a shard holds them (``labels/…``, ``geometry/…``, …).
+    task : {"resolution", "multilattice"}
+    heads : sequence of str
+        Extra label names (``labels/<name>`` columns).
+    where, what : str
+        How messages name the rows' origin ("set/sim_r0000_00000.h5") and the columns ("the shard").
+
+    Returns
+    -------
+    target : ndarray, shape (n,), float64
+        1/d in Å⁻¹ (resolution) or ``n_lattices > 1`` as 0/1 (multi-lattice).
+    geometry : ndarray, shape (n, 3), float64
+        ``(distance_mm, pixel_mm × downsample, wavelength_A)``; zeros without geometry columns.
+    heads : ndarray, shape (n, H), float64
+
+    Raises
+    ------
+    DatasetError
+        A column the task or a head needs is missing or not finite; non-positive geometry.
+    """
+    missing = [c for c in _required_columns(task, heads) if c not in cols]
+    if missing:
+        raise DatasetError(f"{where}: expected column(s) {', '.join(missing)} for task {task!r}, not in {what}")
+    for name in _required_columns(task, heads):
+        if cols[name].dtype.kind not in "biuf" or not np.all(np.isfinite(cols[name].astype(np.float64))):
+            raise DatasetError(f"{where}: expected finite numbers in column {name}, found "
+                               f"{cols[name].dtype} values with NaN, inf or text")
+    n = len(cols[_required_columns(task, heads)[0]])
+    if task == "resolution":
+        target = cols["labels/inv_resolution_per_A"].astype(np.float64)
+    else:
+        target = (cols["labels/n_lattices"].astype(np.float64) > 1).astype(np.float64)
+    if all(c in cols for c in GEOMETRY_COLUMNS):
+        geometry = np.stack([cols["geometry/distance_mm"], cols["geometry/pixel_mm"] * cols["geometry/downsample"],
+                             cols["geometry/wavelength_A"]], axis=1).astype(np.float64)
+        if task == "resolution" and not (np.all(geometry > 0)):
+            raise DatasetError(f"{where}: expected positive distance, pixel size, downsample and wavelength "
+                               "in the geometry columns, found values ≤ 0")
+    else:
+        geometry = np.zeros((n, 3))
+    head_values = (np.stack([cols[f"labels/{h}"].astype(np.float64) for h in heads], axis=1) if heads
+                   else np.zeros((n, 0)))
+    return target, geometry, head_values
+
+
+def shards_training_geometry(files: Sequence[Path]) -> dict[str, Any]:
+    """The geometry the rows of ``files`` cover, as a checkpoint's ``training_geometry`` records it.
+
+    Returns
+    -------
+    dict
+        ``detectors`` (``labels/detector`` names), ``pixel_mm`` (distinct raw pixel sizes),
+        ``distance_mm`` and ``wavelength_A`` as (low, high), and ``untilted``: True when every
+        row is a simulated image (xrais simulates detectors perpendicular to the beam). Fields
+        without columns are left out (see :class:`xrais.models.training_geometry.TrainingGeometry`).
+    """
+    import h5py
+
+    values: dict[str, list[Any]] = {k: [] for k in ("labels/detector", "geometry/pixel_mm", "geometry/distance_mm",
+                                                    "geometry/wavelength_A")}
+    simulated = True
+    for path in files:
+        with h5py.File(path, "r") as f:
+            simulated &= "source/seed" in f and "source/path" not in f
+            for name, found in values.items():
+                if name in f:
+                    data = f[name][()]
+                    found.extend(v.decode() if isinstance(v, bytes) else v for v in data)
+    out: dict[str, Any] = {}
+    if values["labels/detector"]:
+        out["detectors"] = sorted({str(v) for v in values["labels/detector"]})
+    if values["geometry/pixel_mm"]:
+        out["pixel_mm"] = sorted({round(float(v), 6) for v in values["geometry/pixel_mm"]})
+    for key, name in (("distance_mm", "geometry/distance_mm"), ("wavelength_A", "geometry/wavelength_A")):
+        if values[name]:
+            column = np.asarray(values[name], dtype=float)
+            out[key] = [float(column.min()), float(column.max())]
+    out["untilted"] = bool(simulated and files)
+    return out
 
 
 def scan_shards(files: Sequence[Path], task: str, heads: Sequence[str] = ()) -> DataTable:
@@ -209,18 +297,7 @@ def scan_shards(files: Sequence[Path], task: str, heads: Sequence[str] = ()) -> 
             key = [f"{p}#{int(fr)}" for p, fr in zip(cols["source/path"], frames)]
         else:
             key = [f"{path}@{r}" for r in range(n)]
-        if task == "resolution":
-            target = cols["labels/inv_resolution_per_A"].astype(np.float64)
-        else:
-            target = (cols["labels/n_lattices"].astype(np.float64) > 1).astype(np.float64)
-        if all(c in cols for c in GEOMETRY_COLUMNS):
-            geometry = np.stack([cols["geometry/distance_mm"], cols["geometry/pixel_mm"] * cols["geometry/downsample"],
-                                 cols["geometry/wavelength_A"]], axis=1).astype(np.float64)
-            if task == "resolution" and not (np.all(geometry > 0)):
-                raise DatasetError(f"{path}: expected positive distance, pixel size, downsample and wavelength "
-                                   "in the geometry columns, found values ≤ 0")
-        else:
-            geometry = np.zeros((n, 3))
+        target, geometry, head_values = make_row_arrays(cols, task, heads, where=str(path))
         parts["file_id"].append(np.full(n, fid, dtype=np.int64))
         parts["row"].append(np.arange(n, dtype=np.int64))
         parts["key"] += key
@@ -228,8 +305,7 @@ def scan_shards(files: Sequence[Path], task: str, heads: Sequence[str] = ()) -> 
                                  else np.full(n, -1, dtype=np.int64))
         parts["target"].append(target)
         parts["geometry"].append(geometry)
-        parts["heads"].append(np.stack([cols[f"labels/{h}"].astype(np.float64) for h in heads], axis=1)
-                              if heads else np.zeros((n, 0)))
+        parts["heads"].append(head_values)
     if not parts["row"]:
         names = ", ".join(Path(p).name for p in files[:5]) + (", …" if len(files) > 5 else "")
         raise DatasetError(f"{names}: expected at least one image, the shards hold none")
@@ -291,6 +367,29 @@ def apply_photon_gain(image: np.ndarray, gain: float, rng: np.random.Generator) 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def draw_photon_gain(gain_range: tuple[float, float], rng: np.random.Generator) -> float:
+    """A photon gain drawn log-uniformly in ``gain_range`` (the ``--augment`` gain)."""
+    lo, hi = np.log(gain_range[0]), np.log(gain_range[1])
+    return float(np.exp(rng.uniform(lo, hi)))
+
+
+def make_item(image: np.ndarray, geometry: np.ndarray, target: Any, heads: np.ndarray, index: int) -> dict[str, Any]:
+    """One row as the training loop takes it (see :class:`ShardDataset`).
+
+    Parameters
+    ----------
+    image : ndarray, shape (512, 512), uint8
+    geometry : ndarray, shape (3,), float32
+    target : float32 scalar
+    heads : ndarray, shape (H,), float32
+    index : int
+    """
+    return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "geometry": torch.from_numpy(np.ascontiguousarray(geometry, dtype=np.float32)),
+            "target": torch.tensor(np.float32(target)),
+            "heads": torch.from_numpy(np.ascontiguousarray(heads, dtype=np.float32)), "index": index}
+
+
 class ShardDataset(Dataset):
     """Rows of a :class:`DataTable` as tensors, read lazily from their shards.
 
@@ -346,12 +445,9 @@ class ShardDataset(Dataset):
         image = self.read_image(index)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            lo, hi = np.log(self.gain_range[0]), np.log(self.gain_range[1])
-            image = apply_photon_gain(image, float(np.exp(rng.uniform(lo, hi))), rng)
+            image = apply_photon_gain(image, draw_photon_gain(self.gain_range, rng), rng)
         t = self.table
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
-                "geometry": torch.from_numpy(t.geometry[index]), "target": torch.tensor(t.target[index]),
-                "heads": torch.from_numpy(t.heads[index]), "index": index}
+        return make_item(image, t.geometry[index], t.target[index], t.heads[index], index)
 
     def close(self) -> None:
         """Close this process's HDF5 handles (before forking workers, or when done)."""
@@ -393,12 +489,31 @@ class GlobalBatchSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.indices), generator=g).numpy()[: self.n_batches * self.batch_size]
-        order = order[self.start_batch * self.batch_size:]
-        return iter(self.indices[order[self.rank::self.num_replicas]].tolist())
+        order = torch.randperm(len(self.indices), generator=g).numpy()
+        order = share_global_batches(order, self.n_batches, self.batch_size, self.start_batch, self.rank,
+                                     self.num_replicas)
+        return iter(self.indices[order].tolist())
 
     def __len__(self) -> int:
         return (self.n_batches - self.start_batch) * self.batch_size // self.num_replicas
+
+
+def share_global_batches(order: np.ndarray, n_batches: int, batch_size: int, start_batch: int, rank: int,
+                         num_replicas: int) -> np.ndarray:
+    """This process's part of an epoch's order of whole global batches.
+
+    The first ``n_batches × batch_size`` entries of ``order`` are the epoch's global batches;
+    the first ``start_batch`` of them are skipped, and process ``rank`` of ``num_replicas``
+    takes positions rank, rank + W, … of the rest, so the processes' k-th batches together are
+    global batch k.
+
+    Examples
+    --------
+    >>> share_global_batches(np.arange(10), 2, 4, 0, 1, 2).tolist()
+    [1, 3, 5, 7]
+    """
+    order = np.asarray(order)[: n_batches * batch_size]
+    return order[start_batch * batch_size:][rank::num_replicas]
 
 
 def compute_input_stats(dataset: ShardDataset, indices: Sequence[int], n_images: int, seed: int) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from xrais.parallel import torch_device
 
 __all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "all_reduce_sum", "all_reduce_max",
-           "broadcast_object", "barrier", "hold_out_dir",
+           "broadcast_object", "all_gather_object", "barrier", "hold_out_dir",
            "wrap_model",
            "convert_batchnorm", "CrossProcessBatchNorm2d", "pick_device"]
 
@@ -45,12 +45,15 @@ class DistInfo:
     rank, local_rank, world_size : int
         Global rank, rank on this node, number of processes (1 without torchrun).
     device : torch.device
+    local_world_size : int
+        Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun).
     """
 
     rank: int
     local_rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1
 
     @property
     def distributed(self) -> bool:
@@ -99,7 +102,8 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistIn
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
         log.info("rank %d/%d on %s (%s)", rank, world, dev, backend)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev, local_world_size=local_world)
 
 
 def teardown_distributed() -> None:
@@ -132,6 +136,15 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order (``[obj]`` for one process)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 @contextlib.contextmanager

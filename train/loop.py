@@ -15,14 +15,21 @@ Run again with the same arguments after a kill or a stop, it goes on from the la
 batch and ends with the same weights as a run never stopped. One run at a time holds the
 output folder (:class:`~xrais.runs.RunLock`, taken by rank 0).
 
+Simulating while training (``TrainConfig.simulate``, :mod:`xrais.train.sim_data`): epoch e
+trains on images [e·N, e·N + ⌊N/B⌋·B) of the simulated set, made by the DataLoader workers
+(kept for the whole run); validation images (another seed) and the images of the input
+statistics are simulated once and held in memory. The state and ``metrics.csv`` record the
+images seen and each epoch's index range, so a resumed run goes on at the next unseen image.
+
 Randomness: initial weights from ``seed``; data order from ``seed + epoch``; augmentation
-from ``(seed, epoch, row)``; dropout from a generator seeded by ``(seed, epoch, rank, batch)``
-before each batch, inside :func:`torch.random.fork_rng` so the caller's global state is left
+from ``(seed, epoch, row)`` (simulated: ``(seed, image, quadrant)``); dropout from a generator
+seeded by ``(seed, epoch, rank, batch)`` before each batch, inside :func:`torch.random.fork_rng` so the caller's global state is left
 alone. Each batch is thus fixed by the seed, whether the run was resumed or not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import time
@@ -69,6 +76,8 @@ class TrainResult:
     world_size: int = 1
     start_batch: int = 0
     stopped_at: tuple[int, int] | None = None
+    images_seen: int | None = None
+    """simulated runs: training images seen so far (all processes, this and earlier calls)"""
 
 
 def _batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
@@ -79,6 +88,14 @@ def _quiet_worker(worker_id: int) -> None:
     """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops the run in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _simulating_worker(worker_id: int, numba_threads: int | None) -> None:
+    """A worker that simulates images: quiet as :func:`_quiet_worker`, with its share of Numba threads."""
+    from xrais.train.sim_data import set_numba_threads
+
+    _quiet_worker(worker_id)
+    set_numba_threads(numba_threads)
 
 
 #: Batches between the processes' agreement on stopping or saving under torchrun (one process: every batch).
@@ -105,7 +122,8 @@ class Trainer:
         self._prepare_data()
         state = load_training_state(self.state_file) if self.state_file.exists() else None
         if state is not None:
-            check_resume(state, config, self.files, self.state_file)
+            check_resume(state, config, self.files, self.state_file,
+                         simulation=self.sim.record() if self.sim is not None else None)
             self.data_info = state["data"]
         else:  # every rank computes them; rank 0's values are used everywhere
             self.data_info = broadcast_object(self._describe_data(), info)
@@ -117,6 +135,15 @@ class Trainer:
         if cfg.batch_size % info.world_size:
             raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must be a multiple of the "
                               f"{info.world_size} processes")
+        self.sim = None
+        self._train_loader: torch.utils.data.DataLoader | None = None
+        if cfg.simulate is not None:
+            from xrais.train.sim_data import SimulatedTrainingData
+
+            self.sim = SimulatedTrainingData(cfg, info)
+            self.files, self.table, self.train_rows, self.val_rows = [], None, None, None
+            self.dataset, self.sampler = self.sim.dataset, self.sim.sampler
+            return
         self.files = resolve_data(cfg.data, allow_outside_manifest=cfg.allow_outside_manifest)
         self.table = scan_shards(self.files, cfg.task, cfg.heads)
         self.train_rows, self.val_rows = split_by_image(self.table, cfg.val_fraction, cfg.seed)
@@ -128,16 +155,34 @@ class Trainer:
         self.sampler = GlobalBatchSampler(self.train_rows, cfg.batch_size, num_replicas=info.world_size,
                                           rank=info.rank, seed=cfg.seed)
 
+    def _worker_init(self) -> Callable[[int], None]:
+        if self.sim is None:
+            return _quiet_worker
+        return functools.partial(_simulating_worker, numba_threads=self.sim.numba_threads)
+
+    def _label_sample(self) -> tuple[ShardDataset, np.ndarray]:
+        """The training rows that input statistics, head weights and output layers start from."""
+        if self.sim is None:
+            return self.dataset, self.train_rows
+        stats = self.sim.stats_set(self._worker_init())
+        return stats, np.arange(len(stats))
+
     def _describe_data(self) -> dict[str, Any]:
         """Files, split sizes, input statistics and head weights of a new run (saved with its state)."""
-        cfg, t, train = self.config, self.table, self.train_rows
-        mean, std = compute_input_stats(self.dataset, train, cfg.stats_images, cfg.seed)
+        cfg = self.config
+        dataset, train = self._label_sample()
+        t = dataset.table
+        mean, std = compute_input_stats(dataset, train, cfg.stats_images, cfg.seed)
         # a head's error counts in units of its label's spread, times the main label's (resolution)
         main_std = float(np.std(t.target[train])) if cfg.task == "resolution" else 1.0
         head_scale = [float(s) / (main_std or 1.0) if s > 0 else 1.0 for s in np.std(t.heads[train], axis=0)]
-        return {"files": [str(p) for p in self.files], "train_rows": int(len(train)),
-                "val_rows": int(len(self.val_rows)), "train_images": int(len(np.unique(t.image_id[train]))),
-                "val_images": int(len(np.unique(t.image_id[self.val_rows]))),
+        if self.sim is not None:
+            split: dict[str, Any] = {**self.sim.split(), "simulation": self.sim.record()}
+        else:
+            split = {"train_rows": int(len(train)), "val_rows": int(len(self.val_rows)),
+                     "train_images": int(len(np.unique(t.image_id[train]))),
+                     "val_images": int(len(np.unique(t.image_id[self.val_rows])))}
+        return {"files": [str(p) for p in self.files], **split,
                 "input_mean": mean, "input_std": std, "head_scale": head_scale}
 
     def _build_model(self, state: dict[str, Any] | None) -> None:
@@ -156,7 +201,7 @@ class Trainer:
                                       f"({str(exc).splitlines()[0]})") from None
         elif cfg.init_output:
             self.data_info["output_init"] = broadcast_object(
-                initialise_outputs(model, self.dataset, self.train_rows, cfg.task, cfg.seed), self.info)
+                initialise_outputs(model, *self._label_sample(), cfg.task, cfg.seed), self.info)
         self.model_config = model.config
         model = model.to(self.info.device,
                          memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
@@ -201,7 +246,8 @@ class Trainer:
         self.resumed_at: list[int] = []
         self.start_epoch = 0
         self.start_batch = 0
-        self.partial_sums: list[float] = [0.0, 0.0, 0.0]
+        self.n_sums = 3 if self.sim is None else 4  # loss, correct, rows (and replaced images, simulating)
+        self.partial_sums: list[float] = [0.0] * self.n_sums
         self.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
         if state is None:
             return
@@ -217,7 +263,7 @@ class Trainer:
         if not 0 <= self.start_batch < self.sampler.n_batches:
             raise CheckpointError(f"{self.state_file}: saved within epoch {self.start_epoch + 1} after batch "
                                   f"{self.start_batch}, but an epoch has {self.sampler.n_batches} batches")
-        self.partial_sums = [float(v) for v in state.get("partial_sums") or [0.0, 0.0, 0.0]]
+        self.partial_sums = [float(v) for v in state.get("partial_sums") or [0.0] * self.n_sums]
         self.epoch_lr = float(state.get("epoch_lr") or self.optimizer.param_groups[0]["lr"])
         self.resumed_at = list(state["resumed_at"]) + ([self.start_epoch] if self.start_epoch < cfg.epochs else [])
 
@@ -245,12 +291,31 @@ class Trainer:
         return (images, batch["geometry"].to(dev, non_blocking=nb), batch["target"].to(dev, non_blocking=nb),
                 batch["heads"].to(dev, non_blocking=nb))
 
-    def _loader(self, sampler: Any) -> torch.utils.data.DataLoader:
+    def _loader(self, sampler: Any, dataset: Any = None) -> torch.utils.data.DataLoader:
         workers = self.config.workers
         return torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.config.batch_size // self.info.world_size, sampler=sampler,
-            num_workers=workers, pin_memory=self.cuda, generator=torch.Generator().manual_seed(0),
+            self.dataset if dataset is None else dataset, batch_size=self.config.batch_size // self.info.world_size,
+            sampler=sampler, num_workers=workers, pin_memory=self.cuda, generator=torch.Generator().manual_seed(0),
             worker_init_fn=_quiet_worker if workers else None)
+
+    def _training_loader(self) -> torch.utils.data.DataLoader:
+        """The loader of the training batches: a new one per epoch, or one for the run when simulating.
+
+        Simulating workers stay for the whole run (``persistent_workers``): what they built (the
+        structure bank's |F| tables, compiled kernels) serves every epoch.
+        """
+        if self.sim is None:
+            return self._loader(self.sampler)
+        if self._train_loader is None:
+            from xrais.train.sim_data import collate_quadrants, worker_start_method
+
+            workers = self.config.workers
+            self._train_loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=self.config.batch_size // self.info.world_size, sampler=self.sampler,
+                num_workers=workers, pin_memory=self.cuda, collate_fn=collate_quadrants,
+                worker_init_fn=self._worker_init() if workers else None, persistent_workers=workers > 0,
+                multiprocessing_context=worker_start_method() if workers else None)
+        return self._train_loader
 
     # -- stopping and saving within an epoch -------------------------------------------------------
     def _poll(self, batch: int, last: bool) -> int:
@@ -276,7 +341,12 @@ class Trainer:
                             scaler=self.scaler, epoch=epochs_done, config=self.config,
                             model_config=self.model_config, data=self.data_info, history=self.history,
                             best=self.best, resumed_at=self.resumed_at, rng=capture_rng(self.info.device),
-                            batch=batch, partial_sums=partial_sums, epoch_lr=epoch_lr)
+                            batch=batch, partial_sums=partial_sums, epoch_lr=epoch_lr,
+                            images_seen=self._images_seen(epochs_done, batch))
+
+    def _images_seen(self, epochs_done: int, batch: int = 0) -> int | None:
+        """Simulated runs: training images seen after ``epochs_done`` epochs and ``batch`` batches."""
+        return self.sim.sampler.images_seen(epochs_done, batch) if self.sim is not None else None
 
     # -- one epoch ---------------------------------------------------------------------------------
     def _run_epoch(self, epoch: int, start_batch: int = 0,
@@ -288,12 +358,12 @@ class Trainer:
         self.sampler.start_batch = start_batch
         self.dataset.close()
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+        sums = torch.zeros(self.n_sums, dtype=torch.float64, device=info.device)
         if partial_sums is not None and info.is_main:  # what the saved batches contributed (all ranks together)
             sums += torch.tensor(partial_sums, dtype=torch.float64, device=info.device)
         counted_before = partial_sums[2] if partial_sums is not None else 0.0
         t0 = time.perf_counter()
-        for b, batch in enumerate(self._loader(self.sampler), start=start_batch):
+        for b, batch in enumerate(self._training_loader(), start=start_batch):
             torch.manual_seed(_batch_seed(cfg.seed, epoch, info.rank, b))
             images, geometry, target, heads = self._to_device(batch)
             with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
@@ -306,8 +376,11 @@ class Trainer:
             self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
-            sums += torch.stack([loss.detach().sum().double(), count_correct(self.config.task, main, target).double(),
-                                 torch.tensor(float(len(target)), dtype=torch.float64, device=self.info.device)])
+            counts = [loss.detach().sum().double(), count_correct(self.config.task, main, target).double(),
+                      torch.tensor(float(len(target)), dtype=torch.float64, device=self.info.device)]
+            if self.sim is not None:
+                counts.append(batch["replaced"].sum().double().to(self.info.device))
+            sums += torch.stack(counts)
             action = self._poll(b, last=b + 1 == self.sampler.n_batches)
             if action != _GO_ON and b + 1 < self.sampler.n_batches:
                 self._save_within_epoch(epoch, b + 1, sums)
@@ -319,17 +392,32 @@ class Trainer:
         seconds = time.perf_counter() - t0
         n = float(sums[2])
         new = n - counted_before
-        return {"train_loss": float(sums[0]) / n, "train_accuracy": float(sums[1]) / n,
+        done = {"train_loss": float(sums[0]) / n, "train_accuracy": float(sums[1]) / n,
                 "images_per_s": new / seconds if seconds > 0 else math.nan}
+        if self.sim is not None:
+            done["images_replaced"] = int(sums[3])
+        return done
+
+    def _validation_rows(self) -> tuple[Any, list[int]] | None:
+        """This process's held-out rows and their dataset, or None without held-out images."""
+        if self.sim is not None:
+            if not self.config.sim_val_images:
+                return None
+            val = self.sim.val_set(self._worker_init())  # this process's share, made once
+            return val, list(range(len(val)))
+        if len(self.val_rows) == 0:
+            return None
+        return self.dataset, self.val_rows[self.info.rank::self.info.world_size].tolist()
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float | None]:
-        if len(self.val_rows) == 0:
+        held_out = self._validation_rows()
+        if held_out is None:
             return {"val_loss": None, "val_accuracy": None}
+        dataset, mine = held_out
         self.bare.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.info.device)
-        mine = self.val_rows[self.info.rank::self.info.world_size].tolist()
-        for batch in self._loader(mine):
+        for batch in self._loader(mine, dataset):
             images, geometry, target, heads = self._to_device(batch)
             with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.bare(images, geometry)
@@ -348,11 +436,28 @@ class Trainer:
                       "metrics": row, "split": {k: self.data_info[k] for k in
                                                 ("train_rows", "val_rows", "train_images", "val_images")},
                       "world_size": self.info.world_size}
+        if "simulation" in self.data_info:
+            provenance["simulation"] = self.data_info["simulation"]
+        provenance["training_geometry"] = self._training_geometry()
         save_checkpoint(self.bare, self.out / "last.safetensors", **provenance)
         if improved:
             save_checkpoint(self.bare, self.out / "best.safetensors", **provenance)
         self._save_state(row["epoch"])
         self._write_reports()
+
+    def _training_geometry(self) -> dict[str, Any]:
+        """What the model is trained on, for the checkpoint (a frame outside it gets a warning at inference)."""
+        if "training_geometry" not in self.data_info:
+            if self.sim is not None:
+                from xrais.train.sim_data import simulation_training_geometry
+
+                found = simulation_training_geometry(self.sim.sim_config)
+            else:
+                from xrais.train.data import shards_training_geometry
+
+                found = shards_training_geometry(self.files)
+            self.data_info["training_geometry"] = found
+        return self.data_info["training_geometry"]
 
     def _write_reports(self) -> None:
         if self.history:
@@ -388,7 +493,12 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch + 1, **done}
                 row.update(self._validate())
                 row.update(lr=lr, seconds=time.perf_counter() - t0)
-                row = {k: row.get(k) for k in METRIC_COLUMNS}
+                extra = {}
+                if self.sim is not None:
+                    start, stop = self.sim.sampler.epoch_range(epoch)
+                    extra = {"image_start": start, "image_stop": stop, "images_seen": self._images_seen(epoch + 1),
+                             "images_replaced": done["images_replaced"]}
+                row = {**{k: row.get(k) for k in METRIC_COLUMNS}, **extra}
                 value = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
                 improved = self.best["value"] is None or value < self.best["value"]
                 if improved:
@@ -406,11 +516,18 @@ class Trainer:
                 self.stopped_at = None
         finally:
             self.dataset.close()
+            self._train_loader = None  # its simulating workers end with it
             if tb is not None:
                 tb.close()
+        seen = None
+        if self.sim is not None:
+            within = self.stopped_at is not None and self.stopped_at[1] > 0
+            seen = (self._images_seen(self.stopped_at[0] - 1, self.stopped_at[1]) if within
+                    else self._images_seen(len(self.history)))
         return TrainResult(out_dir=self.out, epochs_done=len(self.history), start_epoch=self.start_epoch,
                            best_epoch=self.best["epoch"], best_value=self.best["value"], history=self.history,
-                           world_size=info.world_size, start_batch=self.start_batch, stopped_at=self.stopped_at)
+                           world_size=info.world_size, start_batch=self.start_batch, stopped_at=self.stopped_at,
+                           images_seen=seen)
 
     def _stop_agreed(self) -> bool:
         """True when any process was asked to stop (checked between epochs)."""

@@ -18,7 +18,9 @@ strings). Keys::
     rng             {"torch_cpu": uint8 tensor, "torch_cuda": [uint8 tensor, …]}
     train_config    TrainConfig JSON
     model_config    ModelConfig JSON
-    data            JSON: shard files, split sizes, input mean/std, output-layer initialisation
+    data            JSON: shard files (or, simulating, the simulation: its config, seeds, sizes),
+                    split sizes, input mean/std, output-layer initialisation
+    images_seen     simulated runs: training images seen (all processes), else None
     history         JSON list of per-epoch metric rows
     best            JSON: epoch and value of the best checkpoint so far
     resumed_at      list of epochs at which the run was resumed
@@ -86,6 +88,7 @@ def save_training_state(
     batch: int = 0,
     partial_sums: list[float] | None = None,
     epoch_lr: float | None = None,
+    images_seen: int | None = None,
 ) -> Path:
     """Write the training state atomically (see the module docstring for the keys).
 
@@ -103,6 +106,8 @@ def save_training_state(
         Within an epoch: loss sum, correct count and images of its saved batches.
     epoch_lr : float, optional
         Within an epoch: its starting learning rate (the metrics row records it).
+    images_seen : int, optional
+        Simulated runs: training images seen so far (all processes).
 
     Returns
     -------
@@ -116,6 +121,7 @@ def save_training_state(
         "batch": int(batch),
         "partial_sums": [float(v) for v in partial_sums] if partial_sums is not None else None,
         "epoch_lr": float(epoch_lr) if epoch_lr is not None else None,
+        "images_seen": int(images_seen) if images_seen is not None else None,
         "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -174,15 +180,34 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def check_resume(state: dict[str, Any], config: TrainConfig, files: list[Path], path: Path) -> None:
+def _changed_keys(saved: Any, new: Any, prefix: str = "") -> list[str]:
+    """``"key: saved → new"`` for each leaf where two JSON-like dicts differ."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in list(dict.fromkeys([*saved, *new])):
+            out += _changed_keys(saved.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == new else [f"{prefix[:-1]}: {saved!r} → {new!r}"]
+
+
+def check_resume(state: dict[str, Any], config: TrainConfig, files: list[Path], path: Path, *,
+                 simulation: dict[str, Any] | None = None) -> None:
     """Refuse to resume a run under a command that would make it a different run.
+
+    Parameters
+    ----------
+    simulation : dict, optional
+        Simulated runs: what the command simulates
+        (:meth:`~xrais.train.sim_data.SimulatedTrainingData.record`); its ``config`` must be the
+        saved run's, key for key.
 
     Raises
     ------
     CheckpointError
         The state holds another task or architecture than the command asks for.
     ConfigError
-        Another setting that matters (``RESUME_FIELDS``) or other data files.
+        Another setting that matters (``RESUME_FIELDS``), other data files or another
+        simulation config.
     """
     saved: TrainConfig = state["train_config"]
     mc = state["model_config"]
@@ -193,6 +218,14 @@ def check_resume(state: dict[str, Any], config: TrainConfig, files: list[Path], 
     if diffs:
         raise ConfigError(f"{path}: the command differs from the saved run in {'; '.join(diffs)} "
                           "(resume with the same arguments, or use a new --out folder)")
+    if simulation is not None:
+        saved_sim = state["data"].get("simulation") or {}
+        changed = _changed_keys(saved_sim.get("config"), simulation["config"])
+        if changed:
+            raise ConfigError(f"{path}: the run simulated its images with another configuration than "
+                              f"{config.simulate} gives: {'; '.join(changed[:5])}"
+                              + (f" (and {len(changed) - 5} more)" if len(changed) > 5 else "")
+                              + " (resume with the same simulation config, or use a new --out folder)")
     saved_files = state["data"].get("files", [])
     given = [str(p) for p in files]
     if saved_files != given:

@@ -572,6 +572,20 @@ class Detector:
         """
         return self._array_panel().ray_intersection_px(beam.direction)
 
+    def tilt_deg(self, beam: Beam) -> float:
+        """Largest angle (degrees) between a panel's normal and the beam: 0 when every panel is
+        perpendicular to the beam; the swing of a detector on a 2θ arm (PILATUS ``Detector_2theta``).
+
+        Examples
+        --------
+        >>> det = Detector.from_catalog("pilatus2m", distance_mm=160.0)
+        >>> det.tilt_deg(Beam(wavelength_A=1.0)), round(det.rotated((1, 0, 0), 30.0).tilt_deg(Beam(wavelength_A=1.0)), 6)
+        (0.0, 30.0)
+        """
+        direction = np.asarray(beam.direction)
+        cos_min = min(abs(float(np.dot(p.normal, direction))) for p in self.panels)
+        return math.degrees(math.acos(min(1.0, cos_min)))
+
     def two_theta_rad(self, beam: Beam, fast_px: Any, slow_px: Any) -> np.ndarray:
         """Scattering angle 2θ (rad) at continuous data-array coordinates."""
         xyz = self.array_lab_coord_mm(fast_px, slow_px)

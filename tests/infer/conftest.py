@@ -24,9 +24,11 @@ SERIES_CENTER = (300.5, 350.25)  # (fast, slow) px
 
 @pytest.fixture(autouse=True)
 def _isolated_models_dir(monkeypatch, tmp_path):
-    """Never read the user's model cache."""
+    """Never read the user's model cache, nor the models shipped with xrais (a test that wants
+    shipped models points ``shipped_models_dir`` at a folder of its own)."""
     monkeypatch.delenv("XRAIS_MODELS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("xrais.models.checkpoint.shipped_models_dir", lambda: tmp_path / "no_shipped_models")
 
 
 @pytest.fixture(scope="session")

@@ -499,3 +499,14 @@ def test_the_examples_in_the_docstrings_run():
     for module in (spots_module, spot_finding_scipy):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failed == 0 and attempted >= 1, module.__name__
+
+
+def test_ice_ring_flags_and_spots_outside_every_ring():
+    from xrais.infer.spots import ice_ring_d_spacings_A, on_ice_rings
+
+    first = ice_ring_d_spacings_A(2.0)[0]
+    d = np.array([first, 3.39, np.nan])
+    assert on_ice_rings(d).tolist() == [True, False, False]
+    # only spots at lower resolution than the first ice ring (a blank frame's few stray ones)
+    assert on_ice_rings(np.array([6.0, 9.5])).tolist() == [False, False]
+    assert on_ice_rings(np.array([])).tolist() == []

@@ -14,9 +14,11 @@ from xrais.models import build_model, save_checkpoint
 
 @pytest.fixture(autouse=True)
 def _isolated_models_dir(monkeypatch, tmp_path):
-    """Never read or write the user's real model cache."""
+    """Never read or write the user's real model cache, nor the models shipped with xrais (a test that wants
+    shipped models points ``shipped_models_dir`` at a folder of its own)."""
     monkeypatch.delenv("XRAIS_MODELS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("xrais.models.checkpoint.shipped_models_dir", lambda: tmp_path / "no_shipped_models")
 
 
 @pytest.fixture

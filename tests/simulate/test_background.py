@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 import pytest
 
@@ -25,6 +26,7 @@ from xrais.simulate.background import (
     read_stol,
 )
 from xrais.simulate.physics import polarization_factor, solid_angle
+from xrais.simulate.pixel_maps import clear_pixel_map_cache, pixel_maps
 from xrais.simulate.render import R_E2_M2
 from xrais.simulate.sources import polarization_axis
 
@@ -191,6 +193,97 @@ def test_linear_in_thickness_fluence_scale_and_layers():
     np.testing.assert_allclose(both, one + air, rtol=1e-6)
     assert not background_image(beam, det, [], **kw).any()
     assert not background_image(beam, det, [BackgroundLayer("water", 0.0)], **kw).any()
+
+
+# --- against a direct evaluation of the formula ----------------------------------------------
+SHORT = Material("short", ScatteringCurve(np.array([0.1, 0.2, 0.2, 0.35]), np.array([1.0, 3.0, 5.0, 2.0]), "t"),
+                 18.0, 1.0, "a curve that starts late, ends early and jumps")
+
+
+def _wide_detector() -> Detector:
+    """A flat and a tilted panel with gap pixels between them; stol from ≈ 0 to beyond 0.5 Å⁻¹."""
+    rot = rotation_matrix((0.2, 1.0, 0.1), 30.0)
+    flat_panel = Panel("flat", (60, 50), (0.8, 0.9), (1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (-20.0, 22.0, -45.0))
+    tilted = Panel("tilted", (40, 50), (1.0, 1.0), tuple(rot @ (1.0, 0.0, 0.0)), tuple(rot @ (0.0, -1.0, 0.0)),
+                   tuple(rot @ (30.0, 22.0, -40.0)), array_offset_px=(66, 3))
+    return Detector(panels=(flat_panel, tilted), array_shape=(56, 110))
+
+
+def _direct_background(beam, detector, layers, fluence, size_um, scale, polarization=True):
+    """r_e²·fluence·scale·Ω·P·Σ n·F(stol)² at each pixel centre: the formula in plain numpy, float64."""
+    out = np.zeros(detector.array_shape)
+    inc = np.asarray(beam.direction, dtype=np.float64)
+    e = polarization_axis(beam)
+    b = np.cross(e, inc)
+    b /= np.linalg.norm(b)
+    e = np.cross(inc, b)
+    kahn = 2 * beam.polarization_fraction - 1
+    terms = [(layer.material if isinstance(layer.material, Material) else MATERIALS[layer.material], layer.thickness_um)
+             for layer in layers]
+    for panel in detector.panels:
+        nf, ns = panel.image_size
+        s, f = np.mgrid[0:ns, 0:nf]
+        xyz = np.asarray(panel.origin_mm) + ((f + 0.5) * panel.pixel_size_mm[0])[..., None] * np.asarray(
+            panel.fast_axis) + ((s + 0.5) * panel.pixel_size_mm[1])[..., None] * np.asarray(panel.slow_axis)
+        r = np.linalg.norm(xyz, axis=-1)
+        d = xyz / r[..., None]
+        omega = panel.pixel_size_mm[0] * panel.pixel_size_mm[1] * panel.distance_mm / r**3
+        cos2t = d @ inc
+        pol = 0.5 * (1 + cos2t**2 - kahn * ((d @ e) ** 2 - (d @ b) ** 2)) if polarization else 1.0
+        stol = np.sin(0.5 * np.arccos(np.clip(cos2t, -1, 1))) / beam.wavelength_A
+        f2 = sum(t * 1e-6 * (size_um * 1e-6) ** 2 * m.units_per_m3 * m.scattering_curve()(stol) ** 2 for m, t in terms)
+        f0, s0 = panel.array_offset_px
+        out[s0 : s0 + ns, f0 : f0 + nf] = R_E2_M2 * fluence * scale * omega * pol * f2
+    return out
+
+
+@pytest.mark.parametrize("polarization", [True, False])
+def test_matches_a_direct_evaluation_of_the_formula(polarization):
+    det = _wide_detector()
+    beam = Beam(wavelength_A=0.6, direction=(0.01, 0.02, -1.0), polarization_fraction=0.93)
+    layers = [BackgroundLayer("air", 5000.0), BackgroundLayer("water", 25.0), BackgroundLayer("ice", 3.0),
+              BackgroundLayer("glycerol", 10.0), BackgroundLayer(SHORT, 1.0)]
+    img = background_image(beam, det, layers, fluence_per_m2=4e20, beam_size_um=30.0, scale=0.7,
+                           polarization=polarization)
+    ref = _direct_background(beam, det, layers, 4e20, 30.0, 0.7, polarization)
+    gaps = det.gap_mask()
+    stol = pixel_maps(beam, det).stol_per_A[~gaps]
+    assert stol.min() < 0.05 and stol.max() > 0.5  # below, across and beyond every table
+    assert not img[gaps].any() and (ref[~gaps] > 0).all()
+    np.testing.assert_allclose(img, ref, rtol=1e-5, atol=0)
+    for layer in layers:  # one layer at a time, ice's sticks and the jump of SHORT alone
+        one = background_image(beam, det, [layer], fluence_per_m2=4e20, beam_size_um=30.0, scale=0.7)
+        np.testing.assert_allclose(one, _direct_background(beam, det, [layer], 4e20, 30.0, 0.7), rtol=1e-5,
+                                   atol=1e-30)
+
+
+def test_matches_the_interpolation_of_the_cached_pixel_maps():
+    clear_pixel_map_cache()
+    det = _wide_detector()
+    beam = Beam(wavelength_A=1.0, polarization_fraction=0.99)
+    layers = [BackgroundLayer("air", 5000.0), BackgroundLayer("water", 25.0), BackgroundLayer("kapton", 10.0)]
+    img = background_image(beam, det, layers, fluence_per_m2=1e21, beam_size_um=20.0)
+    maps = pixel_maps(beam, det)  # the former evaluation: float32 maps, one np.interp per curve
+    s = maps.stol_per_A.astype(np.float64)
+    f2 = sum(layer.thickness_um * 1e-6 * (20e-6) ** 2 * MATERIALS[layer.material].units_per_m3
+             * MATERIALS[layer.material].scattering_curve()(s) ** 2 for layer in layers)
+    np.testing.assert_allclose(img, R_E2_M2 * 1e21 * maps.omega_polar_sr * f2, rtol=1e-5)
+
+
+def test_background_does_not_depend_on_the_number_of_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    det, beam = _wide_detector(), Beam(wavelength_A=0.9)
+    layers = [BackgroundLayer("water", 25.0), BackgroundLayer("nanoice", 5.0)]
+    before = numba.get_num_threads()
+    try:
+        images = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            images.append(background_image(beam, det, layers, fluence_per_m2=1e21, beam_size_um=20.0))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(images[0], images[1])
 
 
 # --- PILATUS 6M: speed, gaps, water ring, ice rings, magnitude ---------------------------------

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from xrais.conditioning import condition, trusted_mask
-from xrais.geometry import Detector
+from xrais.geometry import Detector, Panel
 from xrais.simulate.detector_effects import (
     POISSON_GAUSSIAN_THRESHOLD,
     DetectorEffectsConfig,
@@ -53,12 +54,31 @@ def assert_moments(x: np.ndarray, mean: float, var: float, kurt_excess_var: floa
 # --- photon statistics ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lam", [0.5, 20.0, 3000.0])
+# table means and their steps (0.125 below 64, then 1), PTRS from 256, the Gaussian from 10⁷
+@pytest.mark.parametrize("lam", [0.05, 0.5, 0.93, 20.0, 63.9, 64.5, 255.7, 300.0, 3000.0, 2e7])
 def test_poisson_mean_and_variance(lam):
     det = flat()
     frame, _ = run(uniform(det, lam), det, seed=11, **PLAIN)
     assert frame.dtype == np.int32
     assert_moments(frame, lam, lam, lam)
+
+
+def _poisson_pmf(k: np.ndarray, lam: float) -> np.ndarray:
+    return np.exp(-lam + k * math.log(lam) - np.array([math.lgamma(v + 1.0) for v in k]))
+
+
+@pytest.mark.parametrize("lam", [0.3, 5.3, 30.1, 100.3, 400.0])
+def test_poisson_counts_follow_the_poisson_distribution(lam):
+    det = flat(250, 200)
+    frame, _ = run(uniform(det, lam), det, seed=int(lam * 10), **PLAIN)
+    lam = float(np.float32(lam))
+    k = np.arange(int(max(0.0, lam - 8 * math.sqrt(lam) - 5)), int(lam + 8 * math.sqrt(lam) + 10))
+    expected = _poisson_pmf(k.astype(np.float64), lam) * frame.size
+    observed = np.bincount(np.clip(frame.ravel() - k[0], 0, k.size - 1), minlength=k.size)
+    ok = expected > 20  # bins with enough counts for χ²
+    chi2 = float(((observed[ok] - expected[ok]) ** 2 / expected[ok]).sum())
+    dof = int(ok.sum()) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof), (chi2, dof)
 
 
 def test_large_means_use_the_gaussian_path_with_poisson_moments():
@@ -264,7 +284,87 @@ def test_wrong_photon_arrays_are_rejected():
         run(bad, det)
 
 
+def _two_module_detector() -> Detector:
+    """Modules of 30×20 and 20×20 px side by side with a 7-column gap, in a 24-row array (4 gap rows)."""
+    axes = dict(pixel_size_mm=(0.172, 0.172), fast_axis=(1.0, 0.0, 0.0), slow_axis=(0.0, -1.0, 0.0))
+    return Detector(panels=(Panel("a", (30, 20), origin_mm=(-5.0, 2.0, -100.0), **axes),
+                            Panel("b", (20, 20), origin_mm=(1.4, 2.0, -100.0), array_offset_px=(37, 4), **axes)),
+                    array_shape=(24, 57))
+
+
+def test_hot_and_dead_pixels_are_distinct_module_pixels_uniformly_spread():
+    det = _two_module_detector()
+    gaps = det.gap_mask()
+    assert int((~gaps).sum()) == 1000
+    hits = np.zeros(gaps.shape, dtype=np.int64)
+    for seed in range(200):
+        frame, rec = run(uniform(det, 10.0), det, seed=seed, beamstop_radius_mm_range=None,
+                         hot_pixels_range=(10, 10), dead_pixels_range=(40, 40))
+        picked = np.concatenate([rec.hot_pixels, rec.dead_pixels])
+        assert len({tuple(p) for p in picked}) == 50  # distinct
+        f, s = picked.T
+        assert not gaps[s, f].any()
+        np.add.at(hits, (s, f), 1)
+        assert np.count_nonzero(frame == 65536) == 10
+        assert np.all(frame[rec.dead_pixels[:, 1], rec.dead_pixels[:, 0]] == 0)
+        np.testing.assert_array_equal(frame == -1, gaps)
+    assert not hits[gaps].any()
+    counts = hits[~gaps]  # 200 × 50 picks over 1000 pixels: 10 each on average
+    assert abs(counts.mean() - 10.0) < 1e-12
+    chi2 = float(((counts - 10.0) ** 2 / 10.0).sum())
+    assert chi2 < 999 + 5 * math.sqrt(2 * 999)
+    assert 0.55 < hits[:, :30].sum() / hits.sum() < 0.65  # the 600-pixel module gets 60 %
+
+
+def test_hot_and_dead_pixels_when_most_module_pixels_are_picked():
+    det = _two_module_detector()
+    gaps = det.gap_mask()
+    frame, rec = run(uniform(det, 10.0), det, seed=3, beamstop_radius_mm_range=None,
+                     hot_pixels_range=(300, 300), dead_pixels_range=(900, 900))
+    assert len(rec.hot_pixels) == 300 and len(rec.dead_pixels) == 700  # capped at the 1000 module pixels
+    assert np.all(frame[~gaps] >= 0) and np.all(frame[gaps] == -1)
+    assert np.count_nonzero(frame == 65536) == 300 and np.count_nonzero(frame == 0) == 700
+
+
+def test_beam_stop_shadow_is_beamstop_mask_exactly():
+    det = flat(300, 280)
+    photons = np.random.default_rng(5).uniform(1.0, 100.0, det.array_shape).astype(np.float32)
+    for seed in range(5):
+        frame, rec = run(photons, det, seed=seed, poisson=False, integer_output=False, beamstop_arm=True,
+                         beamstop_transmission=0.25, hot_pixels_range=(0, 0), dead_pixels_range=(0, 0))
+        r_px = rec.beamstop_radius_mm / 0.172
+        shadow = beamstop_mask(det.array_shape, rec.beamstop_center_px, (r_px, r_px), rec.beamstop_arm_angle_deg)
+        expected = np.where(shadow, photons.astype(np.float64) * 0.25, photons).astype(np.float32)
+        np.testing.assert_array_equal(frame, expected)
+
+
 # --- reproducibility -----------------------------------------------------------------------
+
+
+def test_frames_do_not_depend_on_the_number_of_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    det = flat(301, 407)  # 4 random-number blocks of rows
+    photons = np.random.default_rng(1).uniform(0.0, 120.0, det.array_shape)
+    photons[:5] = 3e7  # Gaussian branch
+    photons[5:9] = 5e3  # PTRS
+    photons[9, :] = 0.0
+    cfg = dict(read_noise_adu=1.5, flicker_noise=0.05, calibration_noise=0.02, beamstop_arm=True,
+               hot_pixels_range=(3, 5), dead_pixels_range=(5, 20), adc_offset_adu=4.0)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 1):
+            numba.set_num_threads(threads)
+            results.append(run(photons.astype(np.float32), det, seed=21, **cfg))
+            results.append(run(photons, det, seed=21, psf_fwhm_px=1.2, integer_output=False, **cfg))
+    finally:
+        numba.set_num_threads(before)
+    for i in (0, 1):
+        for frame, rec in results[2 + i :: 2]:
+            np.testing.assert_array_equal(frame, results[i][0])
+            assert rec == results[i][1]
+    assert not np.array_equal(results[0][0], run(photons.astype(np.float32), det, seed=22, **cfg)[0])
 
 
 def test_same_seed_identical_and_different_seed_different():

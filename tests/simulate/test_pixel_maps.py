@@ -45,3 +45,23 @@ def test_cache_returns_the_same_maps_for_the_same_geometry_only():
     assert pixel_maps(Beam(wavelength_A=1.1), _detector()) is not a
     no_pol = pixel_maps(beam, _detector(), polarization=False)
     assert no_pol is not a and not np.array_equal(no_pol.omega_polar_sr, a.omega_polar_sr)
+
+
+def test_panels_land_in_their_blocks_and_gaps_stay_zero():
+    det = Detector.from_catalog("pilatus6m", distance_mm=180.0)
+    beam = Beam(wavelength_A=0.98, polarization_fraction=0.99)
+    maps = pixel_maps(beam, det)
+    gaps = det.gap_mask()
+    assert not maps.omega_polar_sr[gaps].any() and not maps.stol_per_A[gaps].any()
+    assert (maps.omega_polar_sr[~gaps] > 0).all()
+    kahn, e, inc = 2 * 0.99 - 1, polarization_axis(beam), np.asarray(beam.direction)
+    for panel in (det.panels[0], det.panels[27], det.panels[-1]):
+        f0, s0 = panel.array_offset_px
+        for f, s in ((0, 0), (panel.image_size[0] - 1, panel.image_size[1] - 1), (100, 77)):
+            xyz = panel.pixel_lab_coord_mm(f + 0.5, s + 0.5)
+            r = np.linalg.norm(xyz)
+            omega = solid_angle(*xyz, *panel.pixel_size_mm, panel.distance_mm, False)
+            pol = polarization_factor(kahn, *inc, *(xyz / r), *e)
+            assert math.isclose(maps.omega_polar_sr[s0 + s, f0 + f], omega * pol, rel_tol=1e-6)
+            stol = math.sin(math.acos(float(np.dot(xyz / r, inc))) / 2) / 0.98
+            assert math.isclose(maps.stol_per_A[s0 + s, f0 + f], stol, rel_tol=1e-6)

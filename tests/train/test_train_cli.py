@@ -33,6 +33,9 @@ def test_train_command_runs_and_resumes(small_shard, tmp_path):
     meta = load_checkpoint_meta(out / "best.safetensors")
     assert meta.config.heads == ("b_factor_A2",) and meta.provenance["train_config"]["augment"] is True
     assert meta.provenance["split"] == {"train_rows": 24, "val_rows": 8, "train_images": 6, "val_images": 2}
+    trained = meta.provenance["training_geometry"]  # what inference compares a frame against
+    assert trained["pixel_mm"] == [0.172] and trained["untilted"] is True and trained["detectors"] == ["pilatus6m"]
+    assert 200.0 <= trained["distance_mm"][0] <= trained["distance_mm"][1] <= 300.0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already done" in again.output
     changed = runner.invoke(app, args[:-1] + ["constant"])
