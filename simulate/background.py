@@ -55,7 +55,7 @@ import numpy as np
 import xrais.numba_cache  # noqa: F401  (kernel caches follow every kernel source)
 from xrais.errors import ConfigError, DatasetError
 from xrais.geometry import Beam, Detector
-from xrais.simulate.pixel_maps import beam_geometry, panel_rows, pixel_omega_polar_stol
+from xrais.simulate.pixel_maps import beam_geometry, panel_row_maps, panel_rows
 from xrais.simulate.render import R_E2_M2
 
 __all__ = [
@@ -441,25 +441,18 @@ def _background_kernel(out, panels, rows, beam, polarization, prefactor, knots, 
                        inv_bucket_width):
     """out[pixel] = prefactor · Ω·P · Σ n·F(stol)² at every panel pixel centre, one task per panel row.
 
-    Per row, a first loop (vectorised) computes Ω·P and stol of the pixel centres, a second looks
-    the stol up in the intensity table of :func:`_intensity_table`. (The lookup is written out: an
+    Per row, :func:`~xrais.simulate.pixel_maps.panel_row_maps` computes Ω·P and stol of the pixel
+    centres, then a loop looks the stol up in the intensity table of :func:`_intensity_table`. (The lookup is written out: an
     array handed to a called function costs reference counting per call.)
     """
     n_terms = n_units.shape[0]
     k0, last_bucket = knots[0], bucket_start.shape[0] - 1
     for t in numba.prange(rows.shape[0]):
         p, r, s_out = rows[t, 0], rows[t, 1], rows[t, 2]
-        pf, area_close, nf, f0 = panels[p, 9], panels[p, 11], int(panels[p, 12]), int(panels[p, 13])
-        ox, oy, oz = panels[p, 0], panels[p, 1], panels[p, 2]
-        fx, fy, fz = panels[p, 3], panels[p, 4], panels[p, 5]
-        srow = (r + 0.5) * panels[p, 10]
-        sx, sy, sz = srow * panels[p, 6], srow * panels[p, 7], srow * panels[p, 8]
+        nf, f0 = int(panels[p, 12]), int(panels[p, 13])
         weight = np.empty(nf)
         stol = np.empty(nf)
-        for f in range(nf):
-            fcol = (f + 0.5) * pf
-            weight[f], stol[f] = pixel_omega_polar_stol(
-                ox + fcol * fx + sx, oy + fcol * fy + sy, oz + fcol * fz + sz, area_close, beam, polarization)
+        panel_row_maps(panels, p, r, beam, polarization, weight, stol)
         row = out[s_out]
         for f in range(nf):
             s = stol[f]

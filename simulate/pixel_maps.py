@@ -119,22 +119,36 @@ def pixel_omega_polar_stol(x, y, z, pixel_area_close, beam, polarization):
     return weight, stol
 
 
+@numba.njit(cache=True, error_model="numpy")
+def panel_row_maps(panels, p, r, beam, polarization, weight, stol):
+    """Ω·P (sr) and sin θ/λ (Å⁻¹) of the pixel centres of row ``r`` of panel ``p``, into ``weight`` and ``stol``.
+
+    ``panels`` is the array of :func:`panel_rows`; ``weight`` and ``stol`` hold at least the
+    panel's n_fast float64 values; the formulas are :func:`pixel_omega_polar_stol`'s.
+    """
+    pf, area_close, nf = panels[p, 9], panels[p, 11], int(panels[p, 12])
+    ox, oy, oz = panels[p, 0], panels[p, 1], panels[p, 2]
+    fx, fy, fz = panels[p, 3], panels[p, 4], panels[p, 5]
+    srow = (r + 0.5) * panels[p, 10]
+    sx, sy, sz = srow * panels[p, 6], srow * panels[p, 7], srow * panels[p, 8]
+    for f in range(nf):
+        fcol = (f + 0.5) * pf
+        weight[f], stol[f] = pixel_omega_polar_stol(ox + fcol * fx + sx, oy + fcol * fy + sy, oz + fcol * fz + sz,
+                                                    area_close, beam, polarization)
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _fill_maps(omega_polar, stol, panels, rows, beam, polarization):
     """Write Ω·P and sin θ/λ of every panel pixel into the (n_slow, n_fast) maps, one task per panel row."""
     for t in numba.prange(rows.shape[0]):
         p, r, s_out = rows[t, 0], rows[t, 1], rows[t, 2]
-        pf, area_close, nf, f0 = panels[p, 9], panels[p, 11], int(panels[p, 12]), int(panels[p, 13])
-        ox, oy, oz = panels[p, 0], panels[p, 1], panels[p, 2]
-        fx, fy, fz = panels[p, 3], panels[p, 4], panels[p, 5]
-        srow = (r + 0.5) * panels[p, 10]
-        sx, sy, sz = srow * panels[p, 6], srow * panels[p, 7], srow * panels[p, 8]
+        nf, f0 = int(panels[p, 12]), int(panels[p, 13])
+        w = np.empty(nf)
+        s = np.empty(nf)
+        panel_row_maps(panels, p, r, beam, polarization, w, s)
         for f in range(nf):
-            fcol = (f + 0.5) * pf
-            w, s = pixel_omega_polar_stol(ox + fcol * fx + sx, oy + fcol * fy + sy, oz + fcol * fz + sz, area_close,
-                                          beam, polarization)
-            omega_polar[s_out, f0 + f] = w
-            stol[s_out, f0 + f] = s
+            omega_polar[s_out, f0 + f] = w[f]
+            stol[s_out, f0 + f] = s[f]
 
 
 def _compute(beam: Beam, detector: Detector, polarization: bool) -> PixelMaps:
