@@ -56,13 +56,14 @@ def detector_d_min_A(detector: Detector, beam: Beam) -> float:
     return float(np.min(detector.resolution_at_pixel_A(beam, corners_f, corners_s)))
 
 
-def structure_factors_for(params: ImageParameters, d_min_A: float, config: SimulationConfig
+def structure_factors_for(params: ImageParameters, detector: Detector, beam: Beam, config: SimulationConfig
                           ) -> tuple[StructureFactors, tuple[float, ...], str]:
     """|F| (with the image's B factor), the cell and the space group of the image's crystal.
 
     A crystal of the structure bank (``params.structure_index ≥ 0``) reuses the bank's table,
     computed once per process (:func:`xrais.simulate.structure_bank.structure_bank_for`), with
-    the image's jittered cell; otherwise a table is made for this image alone, to ``d_min_A``.
+    the image's jittered cell; otherwise a table is made for this image alone, to the smallest
+    d its detector records (:func:`detector_d_min_A`).
     """
     from xrais.simulate.structure_bank import coarsened_d_min_A, structure_bank_for
 
@@ -75,6 +76,7 @@ def structure_factors_for(params: ImageParameters, d_min_A: float, config: Simul
         else:
             cell = params.cell
         return sf.with_b_factor(params.b_factor_A2, cell), cell, space_group
+    d_min_A = detector_d_min_A(detector, beam)
     if params.structure == "random-atom":
         d = coarsened_d_min_A(params.cell, d_min_A, config.max_structure_factor_cells)
         sf = StructureFactors.random_wilson(params.cell, params.space_group, d_min_A=d, seed=params.seed % 2**32)
@@ -108,7 +110,7 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
     beam = Beam(wavelength_A=params.wavelength_A, fluence_photons=config.photons_per_image,
                 beam_size_um=config.beam_size_um, divergence_mrad=config.divergence_mrad,
                 polarization_fraction=config.polarization_fraction)
-    sf, cell, space_group = structure_factors_for(params, detector_d_min_A(detector, beam), config)
+    sf, cell, space_group = structure_factors_for(params, detector, beam, config)
     params = replace(params, cell=tuple(float(v) for v in cell), space_group=space_group)
     lap("structure_factors")
     base = Crystal.from_domain_size(cell, params.domain_size_um, space_group=space_group, U=params.U,
