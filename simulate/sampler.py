@@ -235,8 +235,8 @@ def jitter_cell(cell: Sequence[float], space_group: str, factors: Sequence[float
 
     Examples
     --------
-    >>> jitter_cell((50, 50, 80, 90, 90, 90), "P 41 21 2", (1.1, 0.5, 1.0))
-    (55.0, 55.0, 80.0, 90.0, 90.0, 90.0)
+    >>> jitter_cell((50, 50, 80, 90, 90, 90), "P 41 21 2", (1.25, 0.5, 1.0))
+    (62.5, 62.5, 80.0, 90.0, 90.0, 90.0)
     """
     import gemmi
 
