@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import math
 import platform
@@ -76,6 +77,22 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if ok.sum() < 3:
         return math.nan
     return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def d_of(inv_d: float) -> float:
+    """d (Å) of a 1/d (Å⁻¹): inf where the model calls no diffraction (1/d ≤ 0)."""
+    return 1.0 / inv_d if inv_d > 0 else math.inf
+
+
+def _finite_json(value):
+    """``value`` with inf and NaN floats written as strings (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def make_blanks(n: int, folder: Path, seed: int) -> list[Path]:
@@ -158,6 +175,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--min-spots", type=int, default=20, help="spots that make a real frame a hit")
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows and figures to this file")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     model = load_pretrained(args.model)
@@ -176,7 +194,7 @@ def main() -> None:
             continue
         quads = " ".join(f"{d:.2f}" for d in r["quadrant_d_A"])
         print(f"{r['frame']:<42}{r['detector'][:15]:<16}{r['n_spots']:>6}{r['d_5pct_A']:>8.2f}"
-              f"{r['spot_resolution_A']:>9.2f}{1 / r['model_inv_d']:>10.2f}{1 / r['model_mean_inv_d']:>9.2f}  {quads}")
+              f"{r['spot_resolution_A']:>9.2f}{d_of(r['model_inv_d']):>10.2f}{d_of(r['model_mean_inv_d']):>9.2f}  {quads}")
 
     hits = [r for r in rows if "error" not in r and r["hit"]]
     thau = [r for r in rows if r["frame"] in THAUMATIN and "error" not in r]
@@ -189,9 +207,16 @@ def main() -> None:
     print(f"Spearman(model 1/d, spot 1/d5%) over {len(hits)} real hits: {rho_all:.3f}")
     print(f"Spearman over the {len(thau)} thaumatin hits: best quadrant {rho_thau:.3f}, mean of quadrants "
           f"{rho_thau_mean:.3f} (goal ≥ {GOAL_SPEARMAN}: {'met' if rho_thau >= GOAL_SPEARMAN else 'not met'})")
-    print(f"hits vs blanks: worst thaumatin hit {1 / worst_hit:.2f} Å, best of {len(blanks)} blanks "
-          f"{1 / best_blank if best_blank > 0 else math.inf:.2f} Å (goal: every hit better resolved: "
+    print(f"hits vs blanks: worst thaumatin hit {d_of(worst_hit):.2f} Å, best of {len(blanks)} blanks "
+          f"{d_of(best_blank):.2f} Å (goal: every hit better resolved: "
           f"{'met' if worst_hit > best_blank else 'not met'})")
+    if args.json is not None:
+        summary = {"model": model.checkpoint_path.name, "min_spots": args.min_spots, "frames": rows,
+                   "blanks": blanks, "spearman_hits": rho_all, "spearman_thaumatin": rho_thau,
+                   "spearman_thaumatin_mean": rho_thau_mean, "worst_thaumatin_hit_d_A": d_of(worst_hit),
+                   "best_blank_d_A": d_of(best_blank), "hits_above_blanks": bool(worst_hit > best_blank)}
+        args.json.write_text(json.dumps(_finite_json(summary), indent=1, default=str))
+        print(f"rows: {args.json}")
     if args.plot is not None:
         draw_figure8(rows, args.plot)
         print(f"figure: {args.plot}")

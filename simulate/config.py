@@ -69,6 +69,11 @@ class SimulationConfig(_Frozen):
     beam_center_offset_mm: float = Field(2.0, ge=0, le=100, description="largest shift of the beam from the detector centre, per axis")
     wavelength_A: float = Field(0.9795, gt=0.1, le=20, description="X-ray wavelength")
     photons_per_image: float = Field(4e11, gt=0, le=1e16, description="photons in the beam per image")
+    photons_per_image_range: tuple[float, float] | None = Field(
+        None, description="photons per image drawn log-uniformly from this range (label photons_per_image); "
+        "None: photons_per_image for every image")
+    blank_fraction: float = Field(0.0, ge=0, lt=1, description="odds that an image has no crystal in the beam: "
+                                  "background, noise and detector effects only (label bragg 0, target 1/d = 0)")
     beam_size_um: float = Field(30.0, gt=0, le=10000, description="full width of the (square) beam")
     divergence_mrad: float = Field(0.02, ge=0, le=100, description="full beam divergence")
     divergence_steps: int = Field(1, ge=1, le=20, description="divergence samples per direction")
@@ -112,6 +117,13 @@ class SimulationConfig(_Frozen):
         if v[0] <= 0:
             raise ValueError(f"{info.field_name}: expected positive values")
         return _ordered(info.field_name, v)
+
+    @field_validator("photons_per_image_range")
+    @classmethod
+    def _fluence_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (0 < v[0] and v[1] <= 1e16):
+            raise ValueError("photons_per_image_range: expected photons between 0 and 1e16")
+        return None if v is None else _ordered("photons_per_image_range", v)
 
     @field_validator("detector_choices")
     @classmethod

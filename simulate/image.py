@@ -94,9 +94,12 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
                    bragg: bool = True) -> SimulatedImage:
     """Render, add background and noise, apply detector effects: the raw frame and its labels.
 
-    With ``bragg=False`` the crystal is left out: a blank frame of the same background, noise
-    and detector effects (label ``bragg`` 0), as a frame with no crystal in the beam.
+    With ``bragg=False``, or a blank frame drawn by the sampler (``params.bragg`` False), the
+    crystal is left out: a frame of the same background, noise and detector effects (label
+    ``bragg`` 0), as a frame with no crystal in the beam.
     """
+    bragg = bool(bragg and params.bragg)
+    params = replace(params, bragg=bragg)
     rng = np.random.default_rng(params.seed)
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}
@@ -107,7 +110,7 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
 
     detector = Detector.from_catalog(params.detector, distance_mm=params.distance_mm,
                                      beam_center_px=(params.beam_center_fast_px, params.beam_center_slow_px))
-    beam = Beam(wavelength_A=params.wavelength_A, fluence_photons=config.photons_per_image,
+    beam = Beam(wavelength_A=params.wavelength_A, fluence_photons=params.photons_per_image or config.photons_per_image,
                 beam_size_um=config.beam_size_um, divergence_mrad=config.divergence_mrad,
                 polarization_fraction=config.polarization_fraction)
     sf, cell, space_group = structure_factors_for(params, detector, beam, config)
@@ -141,7 +144,7 @@ def simulate_image(config: SimulationConfig, params: ImageParameters, *, backend
     lap("detector_effects")
     labels = {**params.labels(), **record.labels(), "crystal_scale": crystal_scale,
               "n_cells_a": base.n_cells[0], "n_cells_b": base.n_cells[1], "n_cells_c": base.n_cells[2],
-              "bragg": int(bool(bragg))}
+              "photons_per_image": beam.fluence_photons}
     return SimulatedImage(raw=raw, photons=photons32, detector=detector, beam=beam,
                           beam_center_px=(params.beam_center_fast_px, params.beam_center_slow_px),
                           parameters=params, labels=labels, seconds=seconds)

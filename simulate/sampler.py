@@ -118,6 +118,10 @@ class ImageParameters:
     """entry of the structure bank (:mod:`xrais.simulate.structure_bank`); −1: a crystal of its own"""
     cell_jitter: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """factors drawn for the bank crystal's edges a, b, c (see :func:`jitter_cell`)"""
+    photons_per_image: float = 0.0
+    """photons in the beam; 0: the configuration's ``photons_per_image``"""
+    bragg: bool = True
+    """False: no crystal in the beam (a blank frame); its 1/d target is 0 and ``resolution_A`` inf"""
 
     @property
     def U(self) -> np.ndarray:
@@ -132,7 +136,10 @@ class ImageParameters:
         """Flat label columns: numbers, and short strings for names."""
         d = asdict(self)
         out: dict[str, Any] = {k: v for k, v in d.items() if not isinstance(v, (tuple, list, dict))}
-        out["inv_resolution_per_A"] = 1.0 / self.resolution_A
+        out["bragg"] = int(self.bragg)
+        out["inv_resolution_per_A"] = 1.0 / self.resolution_A if self.bragg else 0.0
+        if not self.bragg:
+            out["resolution_A"] = math.inf
         for i, name in enumerate(("cell_a_A", "cell_b_A", "cell_c_A", "cell_alpha_deg", "cell_beta_deg",
                                   "cell_gamma_deg")):
             out[name] = self.cell[i]
@@ -224,7 +231,17 @@ def sample_image(config: SimulationConfig, seed: int, index: int, structures: Se
         space_group=space_group, cell=tuple(cell), orientation=tuple(float(x) for x in u.ravel()),
         structure=structure, background_scale=scale, parasitic_material=parasitic,
         structure_index=structure_index, cell_jitter=jitter,
+        # drawn last, so that sets made before these options keep every other value
+        photons_per_image=_fluence(config, rng), bragg=bool(rng.uniform() >= config.blank_fraction),
     )
+
+
+def _fluence(config: SimulationConfig, rng: np.random.Generator) -> float:
+    """Photons per image: log-uniform over ``photons_per_image_range``, else the fixed value."""
+    if config.photons_per_image_range is None:
+        return float(config.photons_per_image)
+    lo, hi = config.photons_per_image_range
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def jitter_cell(cell: Sequence[float], space_group: str, factors: Sequence[float]) -> tuple[float, ...]:

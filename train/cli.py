@@ -65,6 +65,9 @@ def train(
     sim_val_images: Optional[int] = typer.Option(None, "--sim-val-images",
                                                  help="Simulated validation images, kept in memory. [default: 32]"),
     stats_images: int = typer.Option(64, "--stats-images", help="Training images sampled for the input mean/std."),
+    init_weights: Optional[str] = typer.Option(None, "--init-weights", metavar="CHECKPOINT",
+                                               help="Fine-tune: start from this checkpoint's weights (a file, "
+                                               "folder or model name such as resolution); same arch, task, heads."),
 ) -> None:
     """Train a resolution or multi-lattice model on simulated shards, or on images simulated as it trains.
 
@@ -93,6 +96,8 @@ def train(
         raise ConfigError("xrais train: give the data (--data DIR or shard files) or --simulate SIMCONFIG, not both")
     if simulate is not None and Path(simulate).is_file():
         simulate = str(Path(simulate).resolve())  # the same file, from whatever folder a resume starts
+    if init_weights is not None and Path(init_weights).exists():
+        init_weights = str(Path(init_weights).resolve())
     head_names = tuple(h.strip() for item in (heads or []) for h in item.split(",") if h.strip())
     cfg = make_train_config(
         data=paths, out=str(out), task=task, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -101,7 +106,7 @@ def train(
         compile=compile, augment=augment, device=device, sync_batchnorm=sync_batchnorm, lr_schedule=lr_schedule,
         checkpoint_every_s=checkpoint_every_s, allow_outside_manifest=allow_outside_manifest, simulate=simulate,
         sim_seed=sim_seed, images_per_epoch=images_per_epoch, sim_val_images=sim_val_images,
-        stats_images=stats_images)
+        stats_images=stats_images, init_weights=init_weights)
     main = int(os.environ.get("RANK", "0")) == 0
 
     def report(row: dict) -> None:

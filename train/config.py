@@ -41,7 +41,7 @@ _SIMULATION_FIELDS = ("sim_seed", "images_per_epoch", "sim_val_images")
 RESUME_FIELDS: tuple[str, ...] = (
     "task", "arch", "heads", "dropout", "loss", "lr", "momentum", "weight_decay", "batch_size",
     "val_fraction", "seed", "augment", "gain_range", "lr_schedule", "init_output", "stats_images",
-    "simulate", "sim_seed", "images_per_epoch", "sim_val_images",
+    "simulate", "sim_seed", "images_per_epoch", "sim_val_images", "init_weights",
 )
 
 
@@ -82,6 +82,10 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = Field("constant",
                                                        description="constant, or cosine decay to 0 over all steps")
     init_output: bool = Field(True, description="start the output layers at the training labels' median and spread")
+    init_weights: str | None = Field(None, min_length=1,
+                                     description="fine-tune: start from this checkpoint's weights (a file, folder "
+                                     "or model name, as load_pretrained), input normalisation included; its "
+                                     "arch, task and heads must be the run's")
     stats_images: int = Field(64, ge=1, le=100_000, description="training images sampled for input mean/std")
     allow_outside_manifest: bool = Field(False, description="read shards a manifest names outside its own folder")
     checkpoint_every_s: float = Field(600.0, gt=0, le=1e7,

@@ -199,6 +199,8 @@ class Trainer:
             except RuntimeError as exc:
                 raise CheckpointError(f"{self.state_file}: weights do not fit a {cfg.task} {cfg.arch} model "
                                       f"({str(exc).splitlines()[0]})") from None
+        elif cfg.init_weights is not None:
+            self.data_info["init_weights"] = broadcast_object(self._load_init_weights(model), self.info)
         elif cfg.init_output:
             self.data_info["output_init"] = broadcast_object(
                 initialise_outputs(model, *self._label_sample(), cfg.task, cfg.seed), self.info)
@@ -213,6 +215,19 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.head_weight = torch.tensor([1.0 / s if cfg.loss != "mse" else 1.0 / (s * s)
                                          for s in self.data_info["head_scale"]], device=self.info.device)
+
+    def _load_init_weights(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Copy ``init_weights``'s weights into ``model``; the record names the checkpoint."""
+        from xrais.models import load_pretrained
+        from xrais.models.checkpoint import compute_sha256
+
+        cfg = self.config
+        start = load_pretrained(cfg.init_weights, arch=cfg.arch, task=cfg.task)
+        if tuple(start.config.heads) != tuple(cfg.heads):
+            raise CheckpointError(f"init weights {cfg.init_weights}: expected heads {list(cfg.heads)}, the "
+                                  f"checkpoint has {list(start.config.heads)}")
+        model.load_state_dict(start.state_dict(), strict=True)
+        return {"checkpoint": str(start.checkpoint_path), "sha256": compute_sha256(start.checkpoint_path)}
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """All parameters at the base rate, but each rescaled output layer in a group of its own.
@@ -438,6 +453,8 @@ class Trainer:
                       "world_size": self.info.world_size}
         if "simulation" in self.data_info:
             provenance["simulation"] = self.data_info["simulation"]
+        if "init_weights" in self.data_info:
+            provenance["init_weights"] = self.data_info["init_weights"]
         provenance["training_geometry"] = self._training_geometry()
         save_checkpoint(self.bare, self.out / "last.safetensors", **provenance)
         if improved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import shutil
 import tomllib
@@ -122,3 +123,38 @@ def test_the_packaged_folder_is_consistent():
         assert file.stat().st_size <= 25_000_000 and entry.get("description"), name
         model = load_pretrained(file, sha256=entry["sha256"])
         TrainingGeometry.from_dict(model.provenance["training_geometry"], where=file.name)
+
+
+def _packaged_index() -> dict:
+    folder = Path(str(files("xrais.models") / "pretrained"))
+    return json.loads((folder / "index.json").read_text(encoding="utf-8"))
+
+
+_REFERENCED = sorted(name for name, entry in _packaged_index().items() if "reference" in entry)
+
+
+@pytest.mark.parametrize("name", _REFERENCED)
+def test_a_packaged_model_repeats_its_recorded_outputs_in_a_fresh_process(name, shared_data, tmp_path):
+    """By name, offline, in a new interpreter (no user models folder): the recorded 1/d of its reference
+    real frame, to float32 rounding; every quadrant finite."""
+    import os
+    import subprocess
+    import sys
+
+    reference = _packaged_index()[name]["reference"]
+    frame = shared_data(reference["frame"])
+    code = ("import json, sys\n"
+            "from xrais.conditioning import read_image\n"
+            "from xrais.models import load_pretrained\n"
+            "from xrais.models.predict import predict\n"
+            f"model = load_pretrained({name!r})\n"
+            "inv = predict(model, read_image(sys.argv[1])).inv_resolution_per_A[0]\n"
+            "print(json.dumps([float(v) for v in inv]))\n")
+    env = {**os.environ, "XRAIS_MODELS": str(tmp_path / "no_user_models"), "HF_HUB_OFFLINE": "1",
+           "NO_PROXY": "*", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-c", code, str(frame)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inv = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(math.isfinite(v) for v in inv)
+    assert inv == pytest.approx(reference["inv_resolution_per_A"], abs=2e-5)
